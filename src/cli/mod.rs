@@ -1,0 +1,42 @@
+//! The command line: one file per subcommand. The only place besides `main` that uses
+//! `anyhow`, and the only layer that reads files for the engine and prints.
+
+mod schema;
+mod simulate;
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Trellis: marketing journeys as files, run by a pure engine.
+#[derive(Debug, Parser)]
+#[command(name = "trellis", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check workflows and templates; print every problem as file:line: node <id>: problem.
+    Validate(validate::Args),
+    /// Run one workflow for one customer on a virtual clock and print the timeline.
+    Simulate(simulate::Args),
+    /// Print the JSON Schema of workflow files.
+    Schema,
+}
+
+/// Runs the parsed command line.
+///
+/// # Errors
+/// Anything that stops the command, with context for the user.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate(args) => validate::run(&args),
+        Command::Simulate(args) => simulate::run(&args),
+        Command::Schema => schema::run(),
+    }
+}

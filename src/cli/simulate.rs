@@ -1,0 +1,81 @@
+//! `trellis simulate WORKFLOW --customer FILE --events FILE`: a journey's timeline before it goes live.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use jiff::Timestamp;
+
+use crate::model::{Customer, Event};
+use crate::simulate::{self, Options};
+use crate::workflow::validate::check_paths;
+
+/// Arguments of `trellis simulate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The workflow file.
+    pub workflow: PathBuf,
+    /// The customer, as JSON: {"id", "email", "phone", "timezone", "locale", "attributes", "tags", "consent"}.
+    #[arg(long)]
+    pub customer: PathBuf,
+    /// Events, one JSON object a line: {"id"?, "name", "timestamp", "properties"}.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// When to start (RFC 3339); default: the first event's time.
+    #[arg(long)]
+    pub start: Option<Timestamp>,
+    /// When to stop (RFC 3339); default: 30 days after the start or the last event.
+    #[arg(long)]
+    pub until: Option<Timestamp>,
+    /// Print one JSON object a line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The templates folder.
+    #[arg(long, default_value = "templates", env = "TRELLIS_TEMPLATES")]
+    pub templates: PathBuf,
+}
+
+fn read_customer(path: &Path) -> anyhow::Result<Customer> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid customer", path.display()))
+}
+
+fn read_events(path: &Path) -> anyhow::Result<Vec<Event>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not a valid event", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Validates the workflow, then prints its timeline.
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let (mut workflows, templates, problems) = check_paths(&[args.workflow.as_path()], &args.templates);
+    if !problems.is_empty() {
+        let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        bail!("the workflow has problems; fix them first:\n{}", listed.join("\n"));
+    }
+    let workflow = workflows.pop().context("no workflow was read")?;
+    let customer = read_customer(&args.customer)?;
+    let events = match &args.events {
+        Some(path) => read_events(path)?,
+        None => Vec::new(),
+    };
+    let options = Options {
+        start: args.start,
+        until: args.until,
+    };
+    let lines = simulate::run(&workflow, &templates, customer, events, options)?;
+    let text = if args.json {
+        simulate::render_json(&lines)
+    } else {
+        simulate::render_text(&lines)
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,14 @@
+//! Trellis: a marketing automation workflow runner.
+//!
+//! Journeys are YAML files ([`workflow`]); a pure [`engine`] moves one customer's
+//! enrollment through a workflow's nodes given an input and a `now`; [`template`] renders
+//! messages; [`simulate`] drives the engine on a virtual clock. [`cli`] is the shell that
+//! reads files and prints. See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod clock;
+pub mod engine;
+pub mod model;
+pub mod simulate;
+pub mod template;
+pub mod workflow;

@@ -1,0 +1,245 @@
+//! Static checks of template files: compile errors with their line, variables the render
+//! context can never provide, unknown or dynamic partials, and partial cycles (handlebars
+//! would overflow the stack on one at render time).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
+use handlebars::{Path as HbPath, TemplateError};
+
+use super::context::ROOTS;
+use crate::workflow::Problem;
+
+/// Helpers a bare `{{name}}` may call: handlebars' own and ours.
+const HELPERS: &[&str] = &[
+    "if", "unless", "each", "with", "lookup", "raw", "log", "len", "eq", "ne", "gt", "gte", "lt",
+    "lte", "and", "or", "not", "date", "money", "default",
+];
+
+/// A template error as a located problem.
+pub(super) fn compile_problem(file: &Path, err: &TemplateError) -> Problem {
+    let line = err
+        .pos()
+        .map_or(0, |(line, _)| u32::try_from(line).unwrap_or(u32::MAX));
+    let reason = err.reason().to_string();
+    // Handlebars lists every token it expected; the line says enough.
+    let reason = match reason.split_once(": expected") {
+        Some((head, _)) => format!("{head} (an unclosed block or a stray brace?)"),
+        None => reason,
+    };
+    Problem::at(file, line, format!("template does not compile: {reason}"))
+}
+
+/// The partials a template refers to by name, with the line of each reference.
+fn partial_refs(template: &Template, out: &mut Vec<(Option<String>, u32)>) {
+    for (i, element) in template.elements.iter().enumerate() {
+        let line = line_of(template, i);
+        match element {
+            TemplateElement::PartialExpression(d) | TemplateElement::PartialBlock(d) => {
+                let name = match &d.name {
+                    Parameter::Name(n) => Some(n.clone()),
+                    Parameter::Path(p) => Some(raw_path(p).to_owned()),
+                    _ => None,
+                };
+                out.push((name, line));
+                if let Some(inner) = &d.template {
+                    partial_refs(inner, out);
+                }
+            }
+            TemplateElement::HelperBlock(h) => {
+                for inner in h.template.iter().chain(h.inverse.iter()) {
+                    partial_refs(inner, out);
+                }
+            }
+            TemplateElement::DecoratorBlock(d) => {
+                if let Some(inner) = &d.template {
+                    partial_refs(inner, out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn line_of(template: &Template, index: usize) -> u32 {
+    template
+        .mapping
+        .get(index)
+        .map_or(0, |m| u32::try_from(m.0).unwrap_or(u32::MAX))
+}
+
+fn raw_path(path: &HbPath) -> &str {
+    match path {
+        HbPath::Relative((_, raw)) => raw,
+        HbPath::Local((_, _, raw)) => raw,
+    }
+}
+
+/// Finds cycles among partials; reports each once, and returns the partials on a cycle so
+/// they are never registered.
+pub(super) fn partial_cycles(
+    partials: &BTreeMap<String, (PathBuf, String)>,
+    problems: &mut Vec<Problem>,
+) -> BTreeSet<String> {
+    let mut edges: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (name, (_, text)) in partials {
+        let mut refs = Vec::new();
+        if let Ok(template) = Template::compile(text) {
+            partial_refs(&template, &mut refs);
+        }
+        edges.insert(
+            name,
+            refs.into_iter()
+                .filter_map(|(r, _)| r)
+                .filter(|r| partials.contains_key(r))
+                .collect(),
+        );
+    }
+    let mut cyclic = BTreeSet::new();
+    for start in edges.keys() {
+        // Depth-first search for a path from `start` back to itself.
+        let mut stack: Vec<(String, Vec<String>)> = vec![(start.to_string(), vec![start.to_string()])];
+        let mut seen = BTreeSet::new();
+        while let Some((node, path)) = stack.pop() {
+            for next in edges.get(node.as_str()).into_iter().flatten() {
+                if next == start {
+                    if cyclic.insert(start.to_string()) {
+                        let file = &partials[*start].0;
+                        let mut cycle = path.clone();
+                        cycle.push(next.clone());
+                        problems.push(Problem::at(
+                            file,
+                            0,
+                            format!("partials include each other in a cycle: {}", cycle.join(" -> ")),
+                        ));
+                    }
+                } else if seen.insert(next.clone()) {
+                    let mut longer = path.clone();
+                    longer.push(next.clone());
+                    stack.push((next.clone(), longer));
+                }
+            }
+        }
+    }
+    cyclic
+}
+
+/// Checks one template file's variables and partial references.
+pub(super) fn scan(
+    file: &Path,
+    text: &str,
+    partials: &BTreeMap<String, (PathBuf, String)>,
+    problems: &mut Vec<Problem>,
+) {
+    let Ok(template) = Template::compile(text) else {
+        return; // Already reported as a compile problem.
+    };
+    let mut refs = Vec::new();
+    partial_refs(&template, &mut refs);
+    for (name, line) in refs {
+        match name {
+            Some(name) if name == "@partial-block" || partials.contains_key(&name) => {}
+            Some(name) => problems.push(Problem::at(
+                file,
+                line,
+                format!("partial {name:?} not found in templates/partials/"),
+            )),
+            None => problems.push(Problem::at(
+                file,
+                line,
+                "partial names must be written out; dynamic partials are not allowed",
+            )),
+        }
+    }
+    walk(&template, file, problems);
+}
+
+fn walk(template: &Template, file: &Path, problems: &mut Vec<Problem>) {
+    for (i, element) in template.elements.iter().enumerate() {
+        let line = line_of(template, i);
+        match element {
+            TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) => {
+                check_helper(h, line, file, problems);
+            }
+            TemplateElement::HelperBlock(h) => {
+                check_helper(h, line, file, problems);
+                let name = match &h.name {
+                    Parameter::Name(n) => n.as_str(),
+                    _ => "",
+                };
+                // Inside `each` and `with` (or a block with block parameters) paths are
+                // relative to the item, which cannot be checked without data.
+                let rebinds = matches!(name, "each" | "with") || h.block_param.is_some();
+                if let Some(inner) = &h.template
+                    && !rebinds
+                {
+                    walk(inner, file, problems);
+                }
+                if let Some(inverse) = &h.inverse {
+                    walk(inverse, file, problems);
+                }
+            }
+            TemplateElement::PartialBlock(d) | TemplateElement::DecoratorBlock(d) => {
+                if let Some(inner) = &d.template {
+                    walk(inner, file, problems);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn check_helper(h: &HelperTemplate, line: u32, file: &Path, problems: &mut Vec<Problem>) {
+    match &h.name {
+        Parameter::Path(p) => check_path(raw_path(p), line, file, problems),
+        Parameter::Name(n) if h.params.is_empty() && !HELPERS.contains(&n.as_str()) => {
+            check_path(n, line, file, problems);
+        }
+        _ => {}
+    }
+    for param in h.params.iter().chain(h.hash.values()) {
+        if let Parameter::Path(p) = param {
+            check_path(raw_path(p), line, file, problems);
+        }
+    }
+}
+
+fn check_path(raw: &str, line: u32, file: &Path, problems: &mut Vec<Problem>) {
+    if raw.starts_with('@') || raw.starts_with('.') || raw == "this" || raw.starts_with("this.") {
+        return;
+    }
+    let mut segments = raw.split(['.', '/']);
+    let root = segments.next().unwrap_or_default();
+    let roots: Vec<&str> = ROOTS.iter().map(|(r, _)| *r).collect();
+    let Some((_, fields)) = ROOTS.iter().find(|(r, _)| *r == root) else {
+        problems.push(Problem::at(
+            file,
+            line,
+            format!(
+                "variable {raw:?} can never be provided: the context has only {}",
+                roots.join(", ")
+            ),
+        ));
+        return;
+    };
+    if let Some(field) = segments.next()
+        && !fields.contains(&field)
+    {
+        let hint = if root == "customer" {
+            "; free attributes are under customer.attributes"
+        } else if root == "event" {
+            "; event data is under event.properties"
+        } else {
+            ""
+        };
+        problems.push(Problem::at(
+            file,
+            line,
+            format!(
+                "variable {raw:?} can never be provided: {root} has only {}{hint}",
+                fields.join(", ")
+            ),
+        ));
+    }
+}

@@ -1,0 +1,117 @@
+//! Local times of day (`09:00`) and weekdays (`mon`), as waits and triggers use them.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use jiff::civil::Time;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// A wall-clock time of day, `HH:MM`, read in the customer's (or the trigger's) time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimeOfDay(Time);
+
+impl TimeOfDay {
+    /// The civil time.
+    pub fn time(self) -> Time {
+        self.0
+    }
+}
+
+impl FromStr for TimeOfDay {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("invalid time of day {text:?}: write HH:MM on a 24-hour clock, such as \"09:00\"");
+        let (h, m) = text.trim().split_once(':').ok_or_else(bad)?;
+        if h.is_empty() || h.len() > 2 || m.len() != 2 {
+            return Err(bad());
+        }
+        let hour: i8 = h.parse().map_err(|_| bad())?;
+        let minute: i8 = m.parse().map_err(|_| bad())?;
+        Time::new(hour, minute, 0, 0).map(Self).map_err(|_| bad())
+    }
+}
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02}", self.0.hour(), self.0.minute())
+    }
+}
+
+impl Serialize for TimeOfDay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeOfDay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for TimeOfDay {
+    fn schema_name() -> Cow<'static, str> {
+        "TimeOfDay".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^([01]?[0-9]|2[0-3]):[0-5][0-9]$",
+            "description": "A local time of day on a 24-hour clock, e.g. \"09:00\".",
+        })
+    }
+}
+
+/// A day of the week, written as its first three letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    /// Monday.
+    Mon,
+    /// Tuesday.
+    Tue,
+    /// Wednesday.
+    Wed,
+    /// Thursday.
+    Thu,
+    /// Friday.
+    Fri,
+    /// Saturday.
+    Sat,
+    /// Sunday.
+    Sun,
+}
+
+impl Weekday {
+    /// jiff's weekday.
+    pub fn to_jiff(self) -> jiff::civil::Weekday {
+        use jiff::civil::Weekday as J;
+        match self {
+            Weekday::Mon => J::Monday,
+            Weekday::Tue => J::Tuesday,
+            Weekday::Wed => J::Wednesday,
+            Weekday::Thu => J::Thursday,
+            Weekday::Fri => J::Friday,
+            Weekday::Sat => J::Saturday,
+            Weekday::Sun => J::Sunday,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_of_day_accept_hh_mm_only() {
+        assert_eq!("09:00".parse::<TimeOfDay>().unwrap().to_string(), "09:00");
+        assert_eq!("9:05".parse::<TimeOfDay>().unwrap().to_string(), "09:05");
+        for bad in ["24:00", "9", "09:60", "9am", "09:0", ""] {
+            assert!(bad.parse::<TimeOfDay>().is_err(), "{bad:?} was accepted");
+        }
+    }
+}
