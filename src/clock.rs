@@ -33,12 +33,18 @@ impl ManualClock {
 
     /// Moves the clock to `to`.
     pub fn set(&self, to: Timestamp) {
-        *self.0.lock().expect("the clock's lock is never held across a panic") = to;
+        *self
+            .0
+            .lock()
+            .expect("the clock's lock is never held across a panic") = to;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
-        *self.0.lock().expect("the clock's lock is never held across a panic")
+        *self
+            .0
+            .lock()
+            .expect("the clock's lock is never held across a panic")
     }
 }

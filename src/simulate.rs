@@ -11,10 +11,10 @@ use std::fmt::Write as _;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use crate::engine::entry::{EntryDecision, PastEntries, enrolls_on_event, in_audience, may_enter, next_fire};
-use crate::engine::{
-    Effect, Enrollment, Facts, Input, Step, apply_update, condition::Scope, step,
+use crate::engine::entry::{
+    EntryDecision, PastEntries, enrolls_on_event, in_audience, may_enter, next_fire,
 };
+use crate::engine::{Effect, Enrollment, Facts, Input, Step, apply_update, condition::Scope, step};
 use crate::model::{Channel, Customer, Event};
 use crate::template::{Templates, render_context};
 use crate::workflow::{Trigger, Workflow};
@@ -106,7 +106,11 @@ impl Line {
             "send" => format!("{} {} to {}", f("channel"), f("template"), f("to")),
             "suppressed" => format!("{} not sent: {}", f("channel"), f("reason")),
             "webhook" => format!("{} {}", f("method"), f("url")),
-            "update" => self.fields.get("update").map(Value::to_string).unwrap_or_default(),
+            "update" => self
+                .fields
+                .get("update")
+                .map(Value::to_string)
+                .unwrap_or_default(),
             "goal" => match self.fields.get("value").and_then(Value::as_f64) {
                 Some(v) => format!("{} reached, value {v:.2}", f("event")),
                 None => format!("{} reached", f("event")),
@@ -179,7 +183,10 @@ pub fn run(
         n_enrollments: 0,
         lines: Vec::new(),
     };
-    let mut events = events.into_iter().filter(|e| e.timestamp >= start).peekable();
+    let mut events = events
+        .into_iter()
+        .filter(|e| e.timestamp >= start)
+        .peekable();
     let mut fire_cursor = start;
     let mut next_trigger = next_fire(workflow, &sim.customer, fire_cursor);
 
@@ -188,7 +195,11 @@ pub fn run(
         let next_wake = sim.enrollment.as_ref().and_then(Enrollment::next_wake);
         // At equal times an event goes first: an order at the very second a wait times out
         // still counts as arriving in time.
-        let Some(now) = [next_event, next_wake, next_trigger].into_iter().flatten().min() else {
+        let Some(now) = [next_event, next_wake, next_trigger]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
             break;
         };
         if now > until {
@@ -220,7 +231,10 @@ impl Sim<'_> {
     }
 
     fn on_event(&mut self, event: Event, now: Timestamp) {
-        let segment = event.property("segment").and_then(Value::as_str).map(str::to_owned);
+        let segment = event
+            .property("segment")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         match (event.name.as_str(), segment) {
             (SEGMENT_ENTERED, Some(segment)) => {
                 if self.segments.insert(segment.clone())
@@ -257,7 +271,12 @@ impl Sim<'_> {
         if in_audience(self.workflow, &scope) {
             self.try_enter(None, now);
         } else {
-            self.lines.push(Line::new(now, None, "skip", json!({"reason": "not in the audience"})));
+            self.lines.push(Line::new(
+                now,
+                None,
+                "skip",
+                json!({"reason": "not in the audience"}),
+            ));
         }
     }
 
@@ -266,16 +285,28 @@ impl Sim<'_> {
         let reason = match may_enter(self.workflow.entry, self.past, now) {
             EntryDecision::Enter => None,
             EntryDecision::AlreadyActive => Some("already in this workflow".to_owned()),
-            EntryDecision::AlreadyEntered => Some("entry is once, and the customer entered before".to_owned()),
+            EntryDecision::AlreadyEntered => {
+                Some("entry is once, and the customer entered before".to_owned())
+            }
             EntryDecision::CoolingDown(until) => Some(format!("cooling down until {until}")),
         };
         if let Some(reason) = reason {
-            self.lines.push(Line::new(now, None, "skip", json!({ "reason": reason })));
+            self.lines
+                .push(Line::new(now, None, "skip", json!({ "reason": reason })));
             return;
         }
         self.n_enrollments += 1;
-        let id = format!("{}:{}:{}", self.workflow.id, self.customer.id, self.n_enrollments);
-        self.enrollment = Some(Enrollment::new(id, self.workflow, self.customer.id.clone(), trigger_event, now));
+        let id = format!(
+            "{}:{}:{}",
+            self.workflow.id, self.customer.id, self.n_enrollments
+        );
+        self.enrollment = Some(Enrollment::new(
+            id,
+            self.workflow,
+            self.customer.id.clone(),
+            trigger_event,
+            now,
+        ));
         self.past.last_entered_at = Some(now);
         self.step_current(&Input::Enter, now);
     }
@@ -286,13 +317,20 @@ impl Sim<'_> {
         };
         let result = self.facts_step(&enrollment, input, now);
         // Each node entered, followed by the effects it produced; effects before the first
-        // visit (a goal reached while waiting) come first.
-        let first = result.path.first().map_or(result.effects.len(), |v| v.first_effect);
+        // visit (a goal reached while waiting) come first, at the node that was waiting.
+        let first = result
+            .path
+            .first()
+            .map_or(result.effects.len(), |v| v.first_effect);
+        let waiting_at = enrollment.current_node().map(|n| n.as_str());
         for effect in &result.effects[..first] {
-            self.perform(effect, &result.enrollment, now, None);
+            self.perform(effect, &result.enrollment, now, waiting_at);
         }
         for (i, visit) in result.path.iter().enumerate() {
-            let end = result.path.get(i + 1).map_or(result.effects.len(), |v| v.first_effect);
+            let end = result
+                .path
+                .get(i + 1)
+                .map_or(result.effects.len(), |v| v.first_effect);
             let node = Some(visit.node.as_str());
             self.lines.push(Line::new(now, node, "enter", json!({})));
             for effect in &result.effects[visit.first_effect..end] {
@@ -302,7 +340,13 @@ impl Sim<'_> {
         self.enrollment = Some(result.enrollment);
     }
 
-    fn perform(&mut self, effect: &Effect, enrollment: &Enrollment, now: Timestamp, node: Option<&str>) {
+    fn perform(
+        &mut self,
+        effect: &Effect,
+        enrollment: &Enrollment,
+        now: Timestamp,
+        node: Option<&str>,
+    ) {
         let wf = self.workflow;
         let context = || {
             render_context(
@@ -322,10 +366,13 @@ impl Sim<'_> {
                     "key": message.key.as_str(),
                 });
                 let rendered = match message.channel {
-                    Channel::Email => self.templates.render_email(&message.template, &context()).map(|e| {
-                        fields["subject"] = json!(e.subject);
-                        preview(&e.text)
-                    }),
+                    Channel::Email => self
+                        .templates
+                        .render_email(&message.template, &context())
+                        .map(|e| {
+                            fields["subject"] = json!(e.subject);
+                            preview(&e.text)
+                        }),
                     Channel::Sms => self.templates.render_sms(&message.template, &context()),
                 };
                 match rendered {
@@ -333,10 +380,20 @@ impl Sim<'_> {
                         fields["body"] = json!(body);
                         Line::new(now, Some(message.node.as_str()), "send", fields)
                     }
-                    Err(err) => Line::new(now, Some(message.node.as_str()), "error", json!({"reason": err.to_string()})),
+                    Err(err) => Line::new(
+                        now,
+                        Some(message.node.as_str()),
+                        "error",
+                        json!({"reason": err.to_string()}),
+                    ),
                 }
             }
-            Effect::Suppressed { node, channel, reason, .. } => Line::new(
+            Effect::Suppressed {
+                node,
+                channel,
+                reason,
+                ..
+            } => Line::new(
                 now,
                 Some(node.as_str()),
                 "suppressed",
@@ -351,12 +408,22 @@ impl Sim<'_> {
                         "webhook",
                         json!({"method": call.method.as_str(), "url": url, "key": call.key.as_str()}),
                     ),
-                    Err(err) => Line::new(now, Some(call.node.as_str()), "error", json!({"reason": err.to_string()})),
+                    Err(err) => Line::new(
+                        now,
+                        Some(call.node.as_str()),
+                        "error",
+                        json!({"reason": err.to_string()}),
+                    ),
                 }
             }
             Effect::UpdateProfile { node, update } => {
                 apply_update(update, &mut self.customer);
-                Line::new(now, Some(node.as_str()), "update", json!({"update": update}))
+                Line::new(
+                    now,
+                    Some(node.as_str()),
+                    "update",
+                    json!({"update": update}),
+                )
             }
             Effect::WakeAt { node, at } => {
                 let local = at.to_zoned(self.customer.tz());
@@ -367,7 +434,9 @@ impl Sim<'_> {
                     json!({"until": at.to_string(), "local": local.strftime("%Y-%m-%d %H:%M %Z").to_string()}),
                 )
             }
-            Effect::Goal { event, value } => Line::new(now, node, "goal", json!({"event": event, "value": value})),
+            Effect::Goal { event, value } => {
+                Line::new(now, node, "goal", json!({"event": event, "value": value}))
+            }
             Effect::Exit(reason) => {
                 self.past.active = false;
                 Line::new(now, node, "exit", json!({"reason": reason.to_string()}))
@@ -393,5 +462,8 @@ pub fn render_text(lines: &[Line]) -> String {
 
 /// The timeline as JSON lines.
 pub fn render_json(lines: &[Line]) -> String {
-    lines.iter().map(|l| l.to_json().to_string() + "\n").collect()
+    lines
+        .iter()
+        .map(|l| l.to_json().to_string() + "\n")
+        .collect()
 }

@@ -37,12 +37,14 @@ pub struct Args {
 }
 
 fn read_customer(path: &Path) -> anyhow::Result<Customer> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not a valid customer", path.display()))
 }
 
 fn read_events(path: &Path) -> anyhow::Result<Vec<Event>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
@@ -55,10 +57,14 @@ fn read_events(path: &Path) -> anyhow::Result<Vec<Event>> {
 
 /// Validates the workflow, then prints its timeline.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let (mut workflows, templates, problems) = check_paths(&[args.workflow.as_path()], &args.templates);
+    let (mut workflows, templates, problems) =
+        check_paths(&[args.workflow.as_path()], &args.templates);
     if !problems.is_empty() {
         let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        bail!("the workflow has problems; fix them first:\n{}", listed.join("\n"));
+        bail!(
+            "the workflow has problems; fix them first:\n{}",
+            listed.join("\n")
+        );
     }
     let workflow = workflows.pop().context("no workflow was read")?;
     let customer = read_customer(&args.customer)?;

@@ -34,9 +34,7 @@ pub fn holds(condition: &Condition, scope: &Scope<'_>) -> bool {
         Condition::Not(inner) => !holds(inner, scope),
         Condition::Attribute(cmp) => compare(scope.customer.field(&cmp.name).as_ref(), cmp),
         Condition::Event(cmp) => compare(scope.event.and_then(|e| e.property(&cmp.name)), cmp),
-        Condition::Trigger(cmp) => {
-            compare(scope.trigger.and_then(|e| e.property(&cmp.name)), cmp)
-        }
+        Condition::Trigger(cmp) => compare(scope.trigger.and_then(|e| e.property(&cmp.name)), cmp),
         Condition::HasTag(tag) => scope.customer.tags.contains(tag),
         Condition::Consent(channel) => scope.customer.consent.allows(*channel),
         Condition::EventCount(count) => count_holds(count, scope),
@@ -55,13 +53,17 @@ fn count_holds(count: &EventCount, scope: &Scope<'_>) -> bool {
         .filter(|e| since.is_none_or(|s| e.timestamp >= s))
         .filter(|e| matches_filter(e, &count.filter))
         .count() as u64;
-    let at_least = count.at_least.unwrap_or(if count.at_most.is_some() { 0 } else { 1 });
+    let at_least = count
+        .at_least
+        .unwrap_or(if count.at_most.is_some() { 0 } else { 1 });
     n >= at_least && count.at_most.is_none_or(|max| n <= max)
 }
 
 /// Whether an event passes every comparison of a filter.
 pub fn matches_filter(event: &Event, filter: &[Comparison]) -> bool {
-    filter.iter().all(|cmp| compare(event.property(&cmp.name), cmp))
+    filter
+        .iter()
+        .all(|cmp| compare(event.property(&cmp.name), cmp))
 }
 
 /// Applies a comparison to a value that may be missing. A comparison with no single
@@ -119,19 +121,47 @@ mod tests {
     fn comparisons_follow_their_operator() {
         let cases = [
             (json!({"name": "x", "eq": 1}), Some(json!(1.0)), true),
-            (json!({"name": "x", "eq": "pro"}), Some(json!("free")), false),
+            (
+                json!({"name": "x", "eq": "pro"}),
+                Some(json!("free")),
+                false,
+            ),
             (json!({"name": "x", "ne": "pro"}), None, true),
             (json!({"name": "x", "gt": 50}), Some(json!(59.5)), true),
             (json!({"name": "x", "gte": 50}), Some(json!(50)), true),
             (json!({"name": "x", "lt": 50}), Some(json!("49")), false),
-            (json!({"name": "x", "lte": "2026-01-01"}), Some(json!("2025-12-31")), true),
-            (json!({"name": "x", "in": ["a", "b"]}), Some(json!("b")), true),
-            (json!({"name": "x", "contains": "shoe"}), Some(json!("red shoes")), true),
-            (json!({"name": "x", "contains": 3}), Some(json!([1, 2, 3])), true),
-            (json!({"name": "x", "exists": true}), Some(json!(null)), false),
+            (
+                json!({"name": "x", "lte": "2026-01-01"}),
+                Some(json!("2025-12-31")),
+                true,
+            ),
+            (
+                json!({"name": "x", "in": ["a", "b"]}),
+                Some(json!("b")),
+                true,
+            ),
+            (
+                json!({"name": "x", "contains": "shoe"}),
+                Some(json!("red shoes")),
+                true,
+            ),
+            (
+                json!({"name": "x", "contains": 3}),
+                Some(json!([1, 2, 3])),
+                true,
+            ),
+            (
+                json!({"name": "x", "exists": true}),
+                Some(json!(null)),
+                false,
+            ),
             (json!({"name": "x", "exists": false}), None, true),
             (json!({"name": "x"}), Some(json!(1)), false),
-            (json!({"name": "x", "eq": 1, "ne": 2}), Some(json!(1)), false),
+            (
+                json!({"name": "x", "eq": 1, "ne": 2}),
+                Some(json!(1)),
+                false,
+            ),
         ];
         for (c, value, want) in cases {
             let c = cmp(c);

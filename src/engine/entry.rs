@@ -47,7 +47,9 @@ pub fn may_enter(entry: Entry, past: PastEntries, now: Timestamp) -> EntryDecisi
         (_, None) | (Entry::EveryTime, _) => EntryDecision::Enter,
         (Entry::Once, Some(_)) => EntryDecision::AlreadyEntered,
         (Entry::Cooldown(cooldown), Some(last)) => {
-            let until = last.saturating_add(cooldown.as_signed()).unwrap_or(Timestamp::MAX);
+            let until = last
+                .saturating_add(cooldown.as_signed())
+                .unwrap_or(Timestamp::MAX);
             if now >= until {
                 EntryDecision::Enter
             } else {
@@ -90,10 +92,7 @@ pub fn next_fire(workflow: &Workflow, customer: &Customer, after: Timestamp) -> 
 /// Whether a schedule trigger's audience includes the customer (always, for other triggers).
 pub fn in_audience(workflow: &Workflow, scope: &Scope<'_>) -> bool {
     match &workflow.trigger.value {
-        Trigger::Schedule(ScheduleTrigger {
-            audience: Some(audience),
-            ..
-        }) => holds(audience, scope),
+        Trigger::Schedule(schedule) => schedule.audience.as_ref().is_none_or(|a| holds(a, scope)),
         _ => true,
     }
 }
@@ -114,16 +113,34 @@ mod tests {
             active: false,
             last_entered_at: Some(ts("2026-05-05T00:00:00Z")),
         };
-        assert_eq!(may_enter(Entry::Once, PastEntries::default(), now), EntryDecision::Enter);
-        assert_eq!(may_enter(Entry::Once, before, now), EntryDecision::AlreadyEntered);
-        assert_eq!(may_enter(Entry::EveryTime, before, now), EntryDecision::Enter);
+        assert_eq!(
+            may_enter(Entry::Once, PastEntries::default(), now),
+            EntryDecision::Enter
+        );
+        assert_eq!(
+            may_enter(Entry::Once, before, now),
+            EntryDecision::AlreadyEntered
+        );
+        assert_eq!(
+            may_enter(Entry::EveryTime, before, now),
+            EntryDecision::Enter
+        );
         let week = Entry::Cooldown("7d".parse::<Duration>().unwrap());
         assert_eq!(
             may_enter(week, before, now),
             EntryDecision::CoolingDown(ts("2026-05-12T00:00:00Z"))
         );
-        assert_eq!(may_enter(week, before, ts("2026-05-12T00:00:00Z")), EntryDecision::Enter);
-        let active = PastEntries { active: true, ..before };
-        assert_eq!(may_enter(Entry::EveryTime, active, now), EntryDecision::AlreadyActive);
+        assert_eq!(
+            may_enter(week, before, ts("2026-05-12T00:00:00Z")),
+            EntryDecision::Enter
+        );
+        let active = PastEntries {
+            active: true,
+            ..before
+        };
+        assert_eq!(
+            may_enter(Entry::EveryTime, active, now),
+            EntryDecision::AlreadyActive
+        );
     }
 }

@@ -324,9 +324,7 @@ pub fn step(
         (Status::Waiting { node, wake_at }, Input::Event(event)) => {
             run.on_event(node, *wake_at, event)
         }
-        (Status::Waiting { node, wake_at }, Input::Wake) if *wake_at <= now => {
-            run.on_wake(node)
-        }
+        (Status::Waiting { node, wake_at }, Input::Wake) if *wake_at <= now => run.on_wake(node),
         _ => {}
     }
     Step {

@@ -15,12 +15,12 @@ pub fn resolve_local(date: Date, time: Time, tz: &TimeZone) -> Timestamp {
     let civil: DateTime = date.to_datetime(time);
     let ambiguous = tz.to_ambiguous_timestamp(civil);
     match ambiguous.offset() {
-        AmbiguousOffset::Unambiguous { offset } => offset
-            .to_timestamp(civil)
-            .unwrap_or(Timestamp::MAX),
-        AmbiguousOffset::Fold { before, .. } => before
-            .to_timestamp(civil)
-            .unwrap_or(Timestamp::MAX),
+        AmbiguousOffset::Unambiguous { offset } => {
+            offset.to_timestamp(civil).unwrap_or(Timestamp::MAX)
+        }
+        AmbiguousOffset::Fold { before, .. } => {
+            before.to_timestamp(civil).unwrap_or(Timestamp::MAX)
+        }
         AmbiguousOffset::Gap { after, .. } => {
             // Read with the later offset, the civil time lands just before the transition;
             // the transition itself is the first instant whose local time is past the gap.
@@ -139,7 +139,12 @@ mod tests {
 
     #[test]
     fn nine_am_on_spring_forward_day_in_new_york_is_13_utc() {
-        let next = next_local_time(ts("2026-03-08T05:00:00Z"), &ny(), "09:00".parse().unwrap(), None);
+        let next = next_local_time(
+            ts("2026-03-08T05:00:00Z"),
+            &ny(),
+            "09:00".parse().unwrap(),
+            None,
+        );
         assert_eq!(next, ts("2026-03-08T13:00:00Z"));
     }
 
@@ -147,23 +152,44 @@ mod tests {
     fn a_local_time_inside_the_gap_resolves_to_the_moment_clocks_jump() {
         // 02:30 does not exist in New York on 2026-03-08; 03:00 EDT (07:00 UTC) is the first
         // valid instant after it.
-        let next = next_local_time(ts("2026-03-08T05:00:00Z"), &ny(), "02:30".parse().unwrap(), None);
+        let next = next_local_time(
+            ts("2026-03-08T05:00:00Z"),
+            &ny(),
+            "02:30".parse().unwrap(),
+            None,
+        );
         assert_eq!(next, ts("2026-03-08T07:00:00Z"));
     }
 
     #[test]
     fn a_local_time_that_occurs_twice_takes_the_first_occurrence() {
         // 01:30 happens twice in New York on 2026-11-01: first at EDT (05:30 UTC).
-        let next = next_local_time(ts("2026-11-01T00:00:00Z"), &ny(), "01:30".parse().unwrap(), None);
+        let next = next_local_time(
+            ts("2026-11-01T00:00:00Z"),
+            &ny(),
+            "01:30".parse().unwrap(),
+            None,
+        );
         assert_eq!(next, ts("2026-11-01T05:30:00Z"));
     }
 
     #[test]
     fn weekday_waits_skip_to_the_next_allowed_day() {
-        let weekdays = [Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri];
+        let weekdays = [
+            Weekday::Mon,
+            Weekday::Tue,
+            Weekday::Wed,
+            Weekday::Thu,
+            Weekday::Fri,
+        ];
         // Saturday 2026-06-06 noon UTC in Paris: next weekday 10:00 is Monday 08:00 UTC.
         let paris = TimeZone::get("Europe/Paris").unwrap();
-        let next = next_local_time(ts("2026-06-06T12:00:00Z"), &paris, "10:00".parse().unwrap(), Some(&weekdays));
+        let next = next_local_time(
+            ts("2026-06-06T12:00:00Z"),
+            &paris,
+            "10:00".parse().unwrap(),
+            Some(&weekdays),
+        );
         assert_eq!(next, ts("2026-06-08T08:00:00Z"));
     }
 
@@ -193,11 +219,26 @@ mod tests {
         let utc = TimeZone::UTC;
         let at: TimeOfDay = "09:00".parse().unwrap();
         let leap: Date = "2000-02-29".parse().unwrap();
-        let next = next_date_occurrence(leap, 0, at, Repeat::Yearly, &utc, ts("2026-01-01T00:00:00Z"));
+        let next = next_date_occurrence(
+            leap,
+            0,
+            at,
+            Repeat::Yearly,
+            &utc,
+            ts("2026-01-01T00:00:00Z"),
+        );
         assert_eq!(next, Some(ts("2026-02-28T09:00:00Z")));
-        let once = next_date_occurrence(leap, 0, at, Repeat::Once, &utc, ts("2026-01-01T00:00:00Z"));
+        let once =
+            next_date_occurrence(leap, 0, at, Repeat::Once, &utc, ts("2026-01-01T00:00:00Z"));
         assert_eq!(once, None);
-        let before = next_date_occurrence("1990-07-10".parse().unwrap(), -3, at, Repeat::Yearly, &utc, ts("2026-07-08T00:00:00Z"));
+        let before = next_date_occurrence(
+            "1990-07-10".parse().unwrap(),
+            -3,
+            at,
+            Repeat::Yearly,
+            &utc,
+            ts("2026-07-08T00:00:00Z"),
+        );
         assert_eq!(before, Some(ts("2027-07-07T09:00:00Z")));
     }
 }

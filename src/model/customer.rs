@@ -76,9 +76,9 @@ fn deserialize_zone<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
 /// # Errors
 /// A sentence naming the zone, fit for a user.
 pub fn check_zone(name: &str) -> Result<TimeZone, String> {
-    jiff::tz::db()
-        .get(name)
-        .map_err(|_| format!("unknown time zone {name:?} (expected an IANA name such as \"Europe/Paris\")"))
+    jiff::tz::db().get(name).map_err(|_| {
+        format!("unknown time zone {name:?} (expected an IANA name such as \"Europe/Paris\")")
+    })
 }
 
 impl Customer {
@@ -157,7 +157,12 @@ mod tests {
         assert!(!ok.consent.email, "consent defaults to no");
 
         let bad_zone = serde_json::from_str::<Customer>(r#"{"id":"c1","timezone":"Mars/Olympus"}"#);
-        assert!(bad_zone.unwrap_err().to_string().contains("unknown time zone"));
+        assert!(
+            bad_zone
+                .unwrap_err()
+                .to_string()
+                .contains("unknown time zone")
+        );
         let unknown_key = serde_json::from_str::<Customer>(r#"{"id":"c1","emial":"x@y"}"#);
         assert!(unknown_key.unwrap_err().to_string().contains("emial"));
     }

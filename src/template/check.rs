@@ -99,7 +99,8 @@ pub(super) fn partial_cycles(
     let mut cyclic = BTreeSet::new();
     for start in edges.keys() {
         // Depth-first search for a path from `start` back to itself.
-        let mut stack: Vec<(String, Vec<String>)> = vec![(start.to_string(), vec![start.to_string()])];
+        let mut stack: Vec<(String, Vec<String>)> =
+            vec![(start.to_string(), vec![start.to_string()])];
         let mut seen = BTreeSet::new();
         while let Some((node, path)) = stack.pop() {
             for next in edges.get(node.as_str()).into_iter().flatten() {
@@ -111,7 +112,10 @@ pub(super) fn partial_cycles(
                         problems.push(Problem::at(
                             file,
                             0,
-                            format!("partials include each other in a cycle: {}", cycle.join(" -> ")),
+                            format!(
+                                "partials include each other in a cycle: {}",
+                                cycle.join(" -> ")
+                            ),
                         ));
                     }
                 } else if seen.insert(next.clone()) {

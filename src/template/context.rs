@@ -9,7 +9,16 @@ use crate::model::{Customer, Event};
 pub const ROOTS: &[(&str, &[&str])] = &[
     (
         "customer",
-        &["id", "email", "phone", "timezone", "locale", "attributes", "tags", "consent"],
+        &[
+            "id",
+            "email",
+            "phone",
+            "timezone",
+            "locale",
+            "attributes",
+            "tags",
+            "consent",
+        ],
     ),
     ("event", &["id", "name", "timestamp", "properties"]),
     ("workflow", &["id", "name"]),

@@ -34,20 +34,60 @@ fn language(ctx: &Context) -> String {
 }
 
 const MONTHS_EN: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September",
-    "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ];
 const MONTHS_DE: [&str; 12] = [
-    "Januar", "Februar", "März", "April", "Mai", "Juni", "Juli", "August", "September",
-    "Oktober", "November", "Dezember",
+    "Januar",
+    "Februar",
+    "März",
+    "April",
+    "Mai",
+    "Juni",
+    "Juli",
+    "August",
+    "September",
+    "Oktober",
+    "November",
+    "Dezember",
 ];
 const MONTHS_FR: [&str; 12] = [
-    "janvier", "février", "mars", "avril", "mai", "juin", "juillet", "août", "septembre",
-    "octobre", "novembre", "décembre",
+    "janvier",
+    "février",
+    "mars",
+    "avril",
+    "mai",
+    "juin",
+    "juillet",
+    "août",
+    "septembre",
+    "octobre",
+    "novembre",
+    "décembre",
 ];
 const MONTHS_ES: [&str; 12] = [
-    "enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto", "septiembre",
-    "octubre", "noviembre", "diciembre",
+    "enero",
+    "febrero",
+    "marzo",
+    "abril",
+    "mayo",
+    "junio",
+    "julio",
+    "agosto",
+    "septiembre",
+    "octubre",
+    "noviembre",
+    "diciembre",
 ];
 
 /// `{{date value}}`, `{{date value format="short"}}` or `{{date value format="%Y-%m-%d"}}`.
@@ -55,11 +95,20 @@ const MONTHS_ES: [&str; 12] = [
 /// `value` is an RFC 3339 timestamp (shown in the customer's time zone) or a `YYYY-MM-DD`
 /// date. `long` (the default) spells the month in the customer's language (en, de, fr, es);
 /// `short` is numeric in the locale's order; anything else is a strftime pattern.
-fn date(h: &Helper, _: &Handlebars, ctx: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+fn date(
+    h: &Helper,
+    _: &Handlebars,
+    ctx: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
     let value = h
         .param(0)
         .ok_or_else(|| fail("date needs a value: {{date event.timestamp}}".into()))?;
-    let zone_name = ctx.data().pointer("/customer/timezone").and_then(Value::as_str);
+    let zone_name = ctx
+        .data()
+        .pointer("/customer/timezone")
+        .and_then(Value::as_str);
     let tz = zone_name
         .and_then(|z| check_zone(z).ok())
         .unwrap_or(jiff::tz::TimeZone::UTC);
@@ -103,7 +152,13 @@ fn date(h: &Helper, _: &Handlebars, ctx: &Context, _: &mut RenderContext, out: &
 
 /// `{{money amount currency="EUR"}}`: two decimals (none for JPY), the symbol placed and the
 /// decimal mark chosen by the customer's language. Default currency: USD.
-fn money(h: &Helper, _: &Handlebars, ctx: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
+fn money(
+    h: &Helper,
+    _: &Handlebars,
+    ctx: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
     let value = h
         .param(0)
         .ok_or_else(|| fail("money needs an amount: {{money event.properties.value}}".into()))?;
@@ -164,10 +219,18 @@ pub fn format_money(amount: f64, currency: &str, lang: &str) -> String {
 
 /// `{{default value "fallback"}}`: the value when present and not empty, else the fallback.
 /// A missing value is not an error here, even in strict mode: that is the helper's purpose.
-fn default(h: &Helper, _: &Handlebars, _: &Context, _: &mut RenderContext, out: &mut dyn Output) -> HelperResult {
-    let fallback = h
-        .param(1)
-        .ok_or_else(|| fail("default needs a fallback: {{default customer.attributes.first_name \"there\"}}".into()))?;
+fn default(
+    h: &Helper,
+    _: &Handlebars,
+    _: &Context,
+    _: &mut RenderContext,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let fallback = h.param(1).ok_or_else(|| {
+        fail(
+            "default needs a fallback: {{default customer.attributes.first_name \"there\"}}".into(),
+        )
+    })?;
     let chosen = h
         .param(0)
         .filter(|v| !v.is_value_missing())

@@ -134,17 +134,24 @@ impl Templates {
         let mut partials = BTreeMap::new();
         let partial_dir = dir.join(PARTIALS_DIR);
         if let Ok(entries) = std::fs::read_dir(&partial_dir) {
-            let mut files: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+            let mut files: Vec<PathBuf> =
+                entries.filter_map(Result::ok).map(|e| e.path()).collect();
             files.sort();
-            for file in files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "hbs")) {
-                let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+            for file in files
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "hbs"))
+            {
+                let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned)
+                else {
                     continue;
                 };
                 match std::fs::read_to_string(&file) {
                     Ok(text) => {
                         partials.insert(name, (file, text));
                     }
-                    Err(err) => problems.push(Problem::at(&file, 0, format!("cannot read file: {err}"))),
+                    Err(err) => {
+                        problems.push(Problem::at(&file, 0, format!("cannot read file: {err}")))
+                    }
                 }
             }
         }
@@ -207,7 +214,11 @@ impl Templates {
                     }
                 };
                 let name = format!("{folder}/{part}");
-                let target = if part == "html" { &mut set.html } else { &mut set.plain };
+                let target = if part == "html" {
+                    &mut set.html
+                } else {
+                    &mut set.plain
+                };
                 match target.register_template_string(&name, &text) {
                     Ok(()) => sources.push((file, text)),
                     Err(err) => {
@@ -254,10 +265,11 @@ impl Templates {
         }
         let render = |hb: &Handlebars<'static>, part: &str| {
             let file = format!("{name}/{part}");
-            hb.render(&file, context).map_err(|source| RenderError::Handlebars {
-                name: format!("{file}.hbs"),
-                source: Box::new(source),
-            })
+            hb.render(&file, context)
+                .map_err(|source| RenderError::Handlebars {
+                    name: format!("{file}.hbs"),
+                    source: Box::new(source),
+                })
         };
         Ok(RenderedEmail {
             // A subject is one header line; a newline from a variable must not fold it.

@@ -108,7 +108,9 @@ impl Serialize for Duration {
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -136,7 +138,10 @@ mod tests {
         let d: Duration = "1h30m".parse().unwrap();
         assert_eq!(d.as_signed().as_secs(), 5400);
         assert_eq!(d.to_string(), "1h30m");
-        assert_eq!("2d".parse::<Duration>().unwrap().as_signed().as_secs(), 172_800);
+        assert_eq!(
+            "2d".parse::<Duration>().unwrap().as_signed().as_secs(),
+            172_800
+        );
         assert_eq!("-7d".parse::<Duration>().unwrap().to_string(), "-1w");
         assert_eq!("23h".parse::<Duration>().unwrap().to_string(), "23h");
     }

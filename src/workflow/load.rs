@@ -10,13 +10,14 @@ use super::{Problem, Source, Workflow};
 /// The YAML or type error, located at its line.
 pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problem> {
     let options = serde_saphyr::options! { with_snippet: false };
-    let mut workflow: Workflow = serde_saphyr::from_str_with_options(text, options).map_err(|err| {
-        let line = err
-            .location()
-            .map(|l| u32::try_from(l.line()).unwrap_or(u32::MAX))
-            .unwrap_or(0);
-        Problem::at(path, line, clean_message(&err.to_string()))
-    })?;
+    let mut workflow: Workflow =
+        serde_saphyr::from_str_with_options(text, options).map_err(|err| {
+            let line = err
+                .location()
+                .map(|l| u32::try_from(l.line()).unwrap_or(u32::MAX))
+                .unwrap_or(0);
+            Problem::at(path, line, clean_message(&err.to_string()))
+        })?;
     workflow.source = Source {
         path: path.to_owned(),
         version: crate::engine::hash::hex_digest(&[text], 16),

@@ -23,7 +23,11 @@ impl FromStr for TimeOfDay {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let bad = || format!("invalid time of day {text:?}: write HH:MM on a 24-hour clock, such as \"09:00\"");
+        let bad = || {
+            format!(
+                "invalid time of day {text:?}: write HH:MM on a 24-hour clock, such as \"09:00\""
+            )
+        };
         let (h, m) = text.trim().split_once(':').ok_or_else(bad)?;
         if h.is_empty() || h.len() > 2 || m.len() != 2 {
             return Err(bad());
@@ -48,7 +52,9 @@ impl Serialize for TimeOfDay {
 
 impl<'de> Deserialize<'de> for TimeOfDay {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -67,7 +73,9 @@ impl JsonSchema for TimeOfDay {
 }
 
 /// A day of the week, written as its first three letters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Weekday {
     /// Monday.

@@ -5,7 +5,7 @@
 
 mod condition;
 mod duration;
-mod load;
+pub mod load;
 mod local_time;
 mod node;
 mod problem;
@@ -26,8 +26,7 @@ pub use duration::Duration;
 pub use load::{load_dir, load_file, parse};
 pub use local_time::{TimeOfDay, Weekday};
 pub use node::{
-    Arm, Branch, Case, Method, Node, SendEmail, SendSms, Split, Update, Wait, WaitForEvent,
-    Webhook,
+    Arm, Branch, Case, Method, Node, SendEmail, SendSms, Split, Update, Wait, WaitForEvent, Webhook,
 };
 pub use problem::Problem;
 pub use trigger::{

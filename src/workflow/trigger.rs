@@ -16,7 +16,7 @@ pub enum Trigger {
     /// The customer enters the named segment.
     SegmentEntered(String),
     /// A cron schedule, for broadcasts.
-    Schedule(ScheduleTrigger),
+    Schedule(Box<ScheduleTrigger>),
     /// A date attribute, such as a birthday, comes round.
     DateAttribute(DateTrigger),
 }

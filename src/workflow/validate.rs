@@ -8,16 +8,17 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 
-use super::{
-    Comparison, Condition, Entry, Node, Problem, Split, Trigger, Wait, Webhook, Workflow,
-};
+use super::{Comparison, Condition, Entry, Node, Problem, Split, Trigger, Wait, Webhook, Workflow};
 use crate::engine::time::parse_cron;
 use crate::model::{NodeId, check_zone};
 use crate::template::Templates;
 
 /// Loads and checks every workflow in `workflow_paths` (files or folders) against the
 /// templates in `template_dir`, returning every problem, sorted by file and line.
-pub fn check_paths(workflow_paths: &[&Path], template_dir: &Path) -> (Vec<Workflow>, Templates, Vec<Problem>) {
+pub fn check_paths(
+    workflow_paths: &[&Path],
+    template_dir: &Path,
+) -> (Vec<Workflow>, Templates, Vec<Problem>) {
     let (templates, mut problems) = Templates::load(template_dir);
     let mut workflows: Vec<Workflow> = Vec::new();
     for path in workflow_paths {
@@ -89,7 +90,11 @@ pub fn validate(wf: &Workflow, templates: &Templates) -> Vec<Problem> {
     if let Entry::Cooldown(d) = wf.entry
         && !d.is_positive()
     {
-        problems.push(Problem::at(file, 0, "entry cooldown must be longer than zero"));
+        problems.push(Problem::at(
+            file,
+            0,
+            "entry cooldown must be longer than zero",
+        ));
     }
     problems
 }
@@ -102,7 +107,10 @@ fn check_node(node: &Node, templates: &Templates, notes: &mut Vec<String>) {
                 notes.push("event name is empty".into());
             }
             if !w.timeout.is_positive() {
-                notes.push(format!("timeout must be longer than zero, not {}", w.timeout));
+                notes.push(format!(
+                    "timeout must be longer than zero, not {}",
+                    w.timeout
+                ));
             }
             check_comparisons(&w.filter, notes);
         }
@@ -128,8 +136,14 @@ fn check_node(node: &Node, templates: &Templates, notes: &mut Vec<String>) {
         Node::SendSms(s) => check_template(templates, &s.template, "sms", |k| k.sms, notes),
         Node::Webhook(w) => check_webhook(w, notes),
         Node::Update(u) => {
-            if u.set.is_empty() && u.unset.is_empty() && u.add_tags.is_empty() && u.remove_tags.is_empty() {
-                notes.push("update changes nothing: give set, unset, add_tags or remove_tags".into());
+            if u.set.is_empty()
+                && u.unset.is_empty()
+                && u.add_tags.is_empty()
+                && u.remove_tags.is_empty()
+            {
+                notes.push(
+                    "update changes nothing: give set, unset, add_tags or remove_tags".into(),
+                );
             }
         }
         Node::Exit => {}
@@ -137,7 +151,11 @@ fn check_node(node: &Node, templates: &Templates, notes: &mut Vec<String>) {
 }
 
 fn check_wait(w: &Wait, notes: &mut Vec<String>) {
-    let modes = [w.duration.is_some(), w.until.is_some(), w.until_attribute.is_some()];
+    let modes = [
+        w.duration.is_some(),
+        w.until.is_some(),
+        w.until_attribute.is_some(),
+    ];
     match modes.iter().filter(|m| **m).count() {
         0 => notes.push("wait needs one of duration, until or until_attribute".into()),
         1 => {}
@@ -162,7 +180,9 @@ fn check_wait(w: &Wait, notes: &mut Vec<String>) {
     if let Some(offset) = w.offset
         && offset.as_signed().as_secs() % 86_400 != 0
     {
-        notes.push(format!("offset must be whole days, such as -7d, not {offset}"));
+        notes.push(format!(
+            "offset must be whole days, such as -7d, not {offset}"
+        ));
     }
 }
 
@@ -173,7 +193,10 @@ fn check_split(s: &Split, notes: &mut Vec<String>) {
     let mut names = BTreeSet::new();
     for arm in &s.arms {
         if arm.weight == 0 {
-            notes.push(format!("arm {:?} has weight 0; remove it instead", arm.name));
+            notes.push(format!(
+                "arm {:?} has weight 0; remove it instead",
+                arm.name
+            ));
         }
         if !names.insert(arm.name.as_str()) || arm.name == "holdout" {
             notes.push(format!("arm name {:?} is used twice or reserved", arm.name));
@@ -201,7 +224,11 @@ fn check_template(
         )),
         Some(k) if !can(k) => notes.push(format!(
             "template {name:?} cannot render {kind}: it needs {}",
-            if kind == "sms" { "sms.hbs" } else { "subject.hbs, html.hbs and text.hbs" }
+            if kind == "sms" {
+                "sms.hbs"
+            } else {
+                "subject.hbs, html.hbs and text.hbs"
+            }
         )),
         Some(_) => {}
     }
@@ -215,7 +242,10 @@ fn check_webhook(w: &Webhook, notes: &mut Vec<String>) {
     };
     compiles("url", &w.url, notes);
     if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
-        notes.push(format!("url {:?} must start with https:// or http://", w.url));
+        notes.push(format!(
+            "url {:?} must start with https:// or http://",
+            w.url
+        ));
     }
     for (name, value) in &w.headers {
         compiles(&format!("header {name}"), value, notes);
@@ -258,7 +288,9 @@ fn check_trigger(trigger: &Trigger, notes: &mut Vec<String>) {
                 && !s.per_customer_zone()
                 && let Err(err) = check_zone(zone)
             {
-                notes.push(format!("{err}, or \"customer\" for each customer's own zone"));
+                notes.push(format!(
+                    "{err}, or \"customer\" for each customer's own zone"
+                ));
             }
             if let Some(audience) = &s.audience {
                 check_condition(audience, notes);
@@ -297,12 +329,16 @@ fn check_condition(condition: &Condition, notes: &mut Vec<String>) {
             if let Some(w) = count.within
                 && !w.is_positive()
             {
-                notes.push(format!("event_count window must be longer than zero, not {w}"));
+                notes.push(format!(
+                    "event_count window must be longer than zero, not {w}"
+                ));
             }
             if let (Some(lo), Some(hi)) = (count.at_least, count.at_most)
                 && lo > hi
             {
-                notes.push(format!("event_count at_least {lo} is more than at_most {hi}"));
+                notes.push(format!(
+                    "event_count at_least {lo} is more than at_most {hi}"
+                ));
             }
             check_comparisons(&count.filter, notes);
         }
@@ -319,7 +355,15 @@ fn check_graph(wf: &Workflow, problems: &mut Vec<Problem>) {
     let edges: BTreeMap<&NodeId, Vec<&NodeId>> = wf
         .nodes
         .iter()
-        .map(|(id, n)| (id, n.edges().into_iter().filter(|e| wf.nodes.contains_key(*e)).collect()))
+        .map(|(id, n)| {
+            (
+                id,
+                n.edges()
+                    .into_iter()
+                    .filter(|e| wf.nodes.contains_key(*e))
+                    .collect(),
+            )
+        })
         .collect();
 
     let mut reachable = BTreeSet::new();
@@ -332,8 +376,12 @@ fn check_graph(wf: &Workflow, problems: &mut Vec<Problem>) {
     for (id, node) in &wf.nodes {
         if !reachable.contains(id) {
             problems.push(
-                Problem::at(file, node.line, "unreachable: no path from start leads here")
-                    .in_place(format!("node {id}")),
+                Problem::at(
+                    file,
+                    node.line,
+                    "unreachable: no path from start leads here",
+                )
+                .in_place(format!("node {id}")),
             );
         }
     }
@@ -366,8 +414,12 @@ fn check_graph(wf: &Workflow, problems: &mut Vec<Problem>) {
             .any(|(from, targets)| ends.contains(from) && targets.contains(&id));
         if trapped(id) && (*id == wf.start.value || entered_from_safety) {
             problems.push(
-                Problem::at(file, node.line, "path never ends: no exit can be reached from here")
-                    .in_place(format!("node {id}")),
+                Problem::at(
+                    file,
+                    node.line,
+                    "path never ends: no exit can be reached from here",
+                )
+                .in_place(format!("node {id}")),
             );
         }
     }
@@ -376,7 +428,15 @@ fn check_graph(wf: &Workflow, problems: &mut Vec<Problem>) {
     let mut state: BTreeMap<&NodeId, u8> = BTreeMap::new(); // 1 = on stack, 2 = done
     let mut reported = BTreeSet::new();
     for start in wf.nodes.keys() {
-        spin_search(wf, &edges, start, &mut state, &mut Vec::new(), &mut reported, problems);
+        spin_search(
+            wf,
+            &edges,
+            start,
+            &mut state,
+            &mut Vec::new(),
+            &mut reported,
+            problems,
+        );
     }
 }
 
@@ -398,7 +458,11 @@ fn spin_search<'a>(
         match state.get(next) {
             Some(1) => {
                 let from = stack.iter().position(|n| n == next).unwrap_or(0);
-                let cycle: Vec<&str> = stack[from..].iter().map(|n| n.as_str()).chain([next.as_str()]).collect();
+                let cycle: Vec<&str> = stack[from..]
+                    .iter()
+                    .map(|n| n.as_str())
+                    .chain([next.as_str()])
+                    .collect();
                 if reported.insert(next) {
                     problems.push(
                         Problem::at(

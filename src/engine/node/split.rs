@@ -6,8 +6,8 @@ use crate::engine::{ExitReason, Flow, Run};
 use crate::workflow::Split;
 
 pub(super) fn visit(split: &Split, run: &mut Run<'_>) -> Flow {
-    let total: u64 = split.arms.iter().map(|a| u64::from(a.weight)).sum::<u64>()
-        + u64::from(split.holdout);
+    let total: u64 =
+        split.arms.iter().map(|a| u64::from(a.weight)).sum::<u64>() + u64::from(split.holdout);
     let node = run.node_id();
     let mut point = bucket(
         &[

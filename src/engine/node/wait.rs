@@ -10,21 +10,31 @@ const DEFAULT_AT: &str = "09:00";
 pub(super) fn visit(wait: &Wait, run: &mut Run<'_>) -> Flow {
     let tz = run.customer.tz();
     if let Some(duration) = wait.duration {
-        return Flow::Sleep(run.now.saturating_add(duration.as_signed()).unwrap_or(run.now));
+        return Flow::Sleep(
+            run.now
+                .saturating_add(duration.as_signed())
+                .unwrap_or(run.now),
+        );
     }
     if let Some(at) = wait.until {
         return Flow::Sleep(next_local_time(run.now, &tz, at, wait.weekdays.as_deref()));
     }
     if let Some(attribute) = &wait.until_attribute {
-        let Some(date) = run.customer.field(attribute).and_then(|v| parse_date(&v, &tz)) else {
+        let Some(date) = run
+            .customer
+            .field(attribute)
+            .and_then(|v| parse_date(&v, &tz))
+        else {
             return Flow::End(ExitReason::MissingData(format!(
                 "attribute {attribute:?} is not a date"
             )));
         };
         let offset_days = wait.offset.map_or(0, |d| d.as_signed().as_secs() / 86_400);
-        let at = wait
-            .at
-            .unwrap_or_else(|| DEFAULT_AT.parse::<TimeOfDay>().expect("DEFAULT_AT is a valid time"));
+        let at = wait.at.unwrap_or_else(|| {
+            DEFAULT_AT
+                .parse::<TimeOfDay>()
+                .expect("DEFAULT_AT is a valid time")
+        });
         let Ok(day) = date.checked_add(jiff::Span::new().days(offset_days)) else {
             return Flow::End(ExitReason::MissingData(format!(
                 "attribute {attribute:?} plus the offset is out of range"

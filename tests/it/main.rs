@@ -1,0 +1,9 @@
+//! Black-box tests, one binary: the examples' timelines, the validator's messages, the
+//! command line, engine properties, and tidiness checks on the repository itself.
+
+mod cli;
+mod engine;
+mod engine_props;
+mod helpers;
+mod simulate;
+mod tidy;

@@ -1,0 +1,77 @@
+//! Checks on the repository itself: file headers, the architecture map, the committed
+//! schema and the examples' editor hints.
+
+use std::path::Path;
+
+use crate::helpers::root;
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_source_file_opens_with_a_module_doc_comment() {
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    rust_files(&root().join("tests"), &mut files);
+    assert!(files.len() > 20);
+    let undocumented: Vec<_> = files
+        .iter()
+        .filter(|f| !std::fs::read_to_string(f).unwrap().starts_with("//!"))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "files without a //! header: {undocumented:?}"
+    );
+}
+
+#[test]
+fn architecture_md_names_every_top_level_module() {
+    let map = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(root().join("src")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
+        if matches!(name.as_str(), "lib" | "main") {
+            continue;
+        }
+        if !map.contains(&format!("`{name}`")) {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md does not name: {missing:?}"
+    );
+}
+
+#[test]
+fn the_committed_json_schema_is_current() {
+    let committed =
+        std::fs::read_to_string(root().join(trellis::workflow::schema::SCHEMA_PATH)).unwrap();
+    assert!(
+        committed == trellis::workflow::schema::workflow_schema(),
+        "workflows/workflow.schema.json is stale: run `cargo run -- schema > workflows/workflow.schema.json`"
+    );
+}
+
+#[test]
+fn every_example_workflow_points_editors_at_the_schema() {
+    let files = trellis::workflow::load::workflow_files(&root().join("workflows")).unwrap();
+    assert_eq!(files.len(), 5);
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            text.starts_with("# yaml-language-server: $schema=./workflow.schema.json"),
+            "{} lacks the schema line",
+            file.display()
+        );
+    }
+}
