@@ -418,11 +418,16 @@ impl Sim<'_> {
             }
             Effect::UpdateProfile { node, update } => {
                 apply_update(update, &mut self.customer);
+                // The edge is the workflow's business; the timeline shows what changed.
+                let mut changes = json!(update);
+                if let Some(map) = changes.as_object_mut() {
+                    map.remove("next");
+                }
                 Line::new(
                     now,
                     Some(node.as_str()),
                     "update",
-                    json!({"update": update}),
+                    json!({ "update": changes }),
                 )
             }
             Effect::WakeAt { node, at } => {

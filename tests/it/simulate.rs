@@ -354,3 +354,68 @@ fn a_missing_template_variable_shows_as_an_error_not_an_empty_string() {
         "{t}"
     );
 }
+
+#[test]
+fn a_matched_event_feeds_later_branches_webhooks_and_updates_and_date_waits_use_attributes() {
+    let wf = inline(
+        r#"
+id: renewal
+name: Renewal
+category: transactional
+trigger: { event: { name: subscribed } }
+start: await_payment
+nodes:
+  await_payment:
+    wait_for_event: { event: payment, where: [{ name: amount, gt: 0 }], timeout: 2d, on_event: big, on_timeout: done }
+  big:
+    branch:
+      cases: [{ when: { event: { name: amount, gte: 100 } }, next: notify }]
+      else: done
+  notify:
+    webhook:
+      url: "https://crm.example/customers/{{customer.id}}/payments/{{event.properties.payment_id}}"
+      body: { amount: "{{event.properties.amount}}" }
+      next: mark
+  mark:
+    update: { set: { tier: big_spender }, add_tags: [paid], next: before_renewal }
+  before_renewal:
+    wait: { until_attribute: renews_on, offset: -7d, at: "10:00", next: remind }
+  remind:
+    send_email: { template: welcome, next: done }
+  done: exit
+"#,
+    );
+    let renewing = ADA.replace(
+        r#""plan": "free""#,
+        r#""plan": "free", "renews_on": "2026-09-15""#,
+    );
+    let script = "2026-06-01T12:00:00Z subscribed\n2026-06-01T13:00:00Z payment amount=0\n2026-06-01T14:00:00Z payment amount=120 payment_id=p_9";
+    let t = timeline(
+        &wf,
+        customer(&renewing),
+        events(script),
+        no_options_until("2026-12-01T00:00:00Z"),
+    );
+    insta::assert_snapshot!(t, @r#"
+    2026-06-01T12:00:00Z  enter      await_payment
+    2026-06-01T12:00:00Z  wait       await_payment    until 2026-06-03T12:00:00Z (2026-06-03 08:00 EDT)
+    2026-06-01T14:00:00Z  enter      big
+    2026-06-01T14:00:00Z  enter      notify
+    2026-06-01T14:00:00Z  webhook    notify           POST https://crm.example/customers/ada/payments/p_9
+    2026-06-01T14:00:00Z  enter      mark
+    2026-06-01T14:00:00Z  update     mark             {"add_tags":["paid"],"set":{"tier":"big_spender"}}
+    2026-06-01T14:00:00Z  enter      before_renewal
+    2026-06-01T14:00:00Z  wait       before_renewal   until 2026-09-08T14:00:00Z (2026-09-08 10:00 EDT)
+    2026-09-08T14:00:00Z  enter      remind
+    2026-09-08T14:00:00Z  send       remind           email welcome to ada@example.com: "Welcome to Acme, Ada"
+    2026-09-08T14:00:00Z  enter      done
+    2026-09-08T14:00:00Z  exit       done             completed
+    "#);
+}
+
+fn no_options_until(until: &str) -> Options {
+    Options {
+        start: None,
+        until: Some(at(until)),
+    }
+}
