@@ -18,6 +18,17 @@ nodes:
   pause: { wait: { duration: 7d, next: remind } }
 "#;
 
+static NO_SEGMENTS: BTreeSet<String> = BTreeSet::new();
+
+/// Facts with no segments and no history.
+fn facts(customer: &trellis::model::Customer) -> Facts<'_> {
+    Facts {
+        customer,
+        segments: &NO_SEGMENTS,
+        history: &[],
+    }
+}
+
 fn ada() -> trellis::model::Customer {
     customer(r#"{"id": "ada", "email": "ada@example.com", "consent": {"email": true}}"#)
 }
@@ -36,12 +47,7 @@ fn sends(effects: &[Effect]) -> Vec<String> {
 fn the_same_enrollment_at_the_same_node_visit_always_yields_the_same_key() {
     let wf = inline(LOOPING);
     let customer = ada();
-    let segments = BTreeSet::new();
-    let facts = Facts {
-        customer: &customer,
-        segments: &segments,
-        history: &[],
-    };
+    let facts = facts(&customer);
     let now = at("2026-01-01T00:00:00Z");
     let new = Enrollment::new("e1", &wf, customer.id.clone(), None, now);
     let first = step(&wf, &new, &facts, &Input::Enter, now);
@@ -68,12 +74,7 @@ fn the_same_enrollment_at_the_same_node_visit_always_yields_the_same_key() {
 fn a_wake_before_its_time_and_an_unexpected_event_change_nothing() {
     let wf = inline(LOOPING);
     let customer = ada();
-    let segments = BTreeSet::new();
-    let facts = Facts {
-        customer: &customer,
-        segments: &segments,
-        history: &[],
-    };
+    let facts = facts(&customer);
     let now = at("2026-01-01T00:00:00Z");
     let entered = step(
         &wf,
@@ -118,12 +119,7 @@ nodes:
 "#,
     );
     let customer = ada();
-    let segments = BTreeSet::new();
-    let facts = Facts {
-        customer: &customer,
-        segments: &segments,
-        history: &[],
-    };
+    let facts = facts(&customer);
     let now = at("2026-01-01T00:00:00Z");
     let result = step(
         &wf,
@@ -150,12 +146,7 @@ fn a_customer_waiting_at_a_node_removed_from_the_workflow_exits_as_broken() {
             .replace("next: pause", "next: done"),
     );
     let customer = ada();
-    let segments = BTreeSet::new();
-    let facts = Facts {
-        customer: &customer,
-        segments: &segments,
-        history: &[],
-    };
+    let facts = facts(&customer);
     let now = at("2026-01-01T00:00:00Z");
     let waiting = step(
         &old,
@@ -226,12 +217,7 @@ nodes:
 fn the_goal_ends_the_journey_wherever_the_customer_waits_and_carries_its_value() {
     let wf = crate::helpers::example("cart_abandonment");
     let customer = ada();
-    let segments = BTreeSet::new();
-    let facts = Facts {
-        customer: &customer,
-        segments: &segments,
-        history: &[],
-    };
+    let facts = facts(&customer);
     let now = at("2026-01-01T10:00:00Z");
     let entered = step(
         &wf,
@@ -275,12 +261,7 @@ fn the_goal_ends_the_journey_wherever_the_customer_waits_and_carries_its_value()
 fn marketing_sends_without_consent_are_suppressed_and_the_journey_goes_on() {
     let wf = inline(LOOPING);
     let no_consent = customer(r#"{"id": "bob", "email": "bob@example.com"}"#);
-    let segments = BTreeSet::new();
-    let facts = Facts {
-        customer: &no_consent,
-        segments: &segments,
-        history: &[],
-    };
+    let facts = facts(&no_consent);
     let now = at("2026-01-01T00:00:00Z");
     let result = step(
         &wf,
