@@ -15,9 +15,12 @@ pub trait Clock: Send + Sync {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    /// Milliseconds, the precision the store keeps: a wake-up read back from the database
+    /// must not look a fraction of a millisecond later than the instant it was computed at.
     #[allow(clippy::disallowed_methods)]
     fn now(&self) -> Timestamp {
-        Timestamp::now()
+        let now = Timestamp::now();
+        Timestamp::from_millisecond(now.as_millisecond()).unwrap_or(now)
     }
 }
 

@@ -5,10 +5,17 @@
 //! messages; [`simulate`] drives the engine on a virtual clock. [`cli`] is the shell that
 //! reads files and prints. See ARCHITECTURE.md for the map.
 
+pub mod api;
+pub mod channels;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod engine;
 pub mod model;
+pub mod scheduler;
 pub mod simulate;
+pub mod store;
+pub mod telemetry;
 pub mod template;
+pub mod unsubscribe;
 pub mod workflow;

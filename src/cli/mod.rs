@@ -2,6 +2,7 @@
 //! `anyhow`, and the only layer that reads files for the engine and prints.
 
 mod schema;
+pub mod serve;
 mod simulate;
 mod validate;
 
@@ -21,6 +22,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the HTTP API, the scheduler and the dispatcher on SQLite.
+    Serve(Box<crate::config::ServeConfig>),
     /// Check workflows and templates; print every problem as file:line: node <id>: problem.
     Validate(validate::Args),
     /// Run one workflow for one customer on a virtual clock and print the timeline.
@@ -35,6 +38,7 @@ pub enum Command {
 /// Anything that stops the command, with context for the user.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve(config) => serve::run(&config),
         Command::Validate(args) => validate::run(&args),
         Command::Simulate(args) => simulate::run(&args),
         Command::Schema => schema::run(),

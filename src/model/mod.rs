@@ -6,7 +6,9 @@
 mod customer;
 mod event;
 mod ids;
+mod phone;
 
 pub use customer::{Consent, Customer, check_zone};
 pub use event::{Event, Properties};
 pub use ids::{Channel, CustomerId, EventId, IdError, IdempotencyKey, NodeId, WorkflowId};
+pub use phone::PhoneE164;

@@ -111,9 +111,10 @@ impl Workflow {
 }
 
 /// How much event history a workflow's conditions need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum HistoryNeed {
     /// No condition counts events.
+    #[default]
     Nothing,
     /// Events within this window.
     Within(Duration),

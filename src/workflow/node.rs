@@ -259,9 +259,14 @@ impl Node {
         }
     }
 
-    /// Whether the node pauses the journey, so a loop through it cannot spin.
+    /// Whether the node pauses the journey, so a loop through it cannot spin. A zero-length
+    /// wait does not: a loop through it would wake at once, forever.
     pub fn waits(&self) -> bool {
-        matches!(self, Node::Wait(_) | Node::WaitForEvent(_))
+        match self {
+            Node::Wait(w) => w.duration.is_none_or(|d| d.is_positive()),
+            Node::WaitForEvent(_) => true,
+            _ => false,
+        }
     }
 
     /// Whether the node can end the journey by itself (exit, or a split's hold-out).

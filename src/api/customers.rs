@@ -1,0 +1,188 @@
+//! `/v1/customers/{id}`: create or replace, merge, read, erase.
+
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::error::{Body, parse_json};
+use super::{ApiError, AppState};
+use crate::model::{Consent, Customer, CustomerId, PhoneE164, check_zone};
+
+fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
+    CustomerId::parse(raw).map_err(|e| ApiError::InvalidField(format!("id: {e}")))
+}
+
+/// Checks and normalises contact fields.
+fn check(mut customer: Customer) -> Result<Customer, ApiError> {
+    if let Some(email) = &customer.email
+        && email.parse::<lettre::Address>().is_err()
+    {
+        return Err(ApiError::InvalidField(format!(
+            "email: {email:?} is not an email address"
+        )));
+    }
+    if let Some(phone) = &customer.phone {
+        customer.phone = Some(
+            PhoneE164::parse(phone)
+                .map_err(|e| ApiError::InvalidField(format!("phone: {e}")))?
+                .to_string(),
+        );
+    }
+    Ok(customer)
+}
+
+/// `PUT`: the body is the whole profile (without `id`, or with the same `id`).
+pub(super) async fn put(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = customer_id(&id)?;
+    let mut value: Value = parse_json(&body)?;
+    let Some(map) = value.as_object_mut() else {
+        return Err(ApiError::InvalidField(
+            "the body must be a JSON object".into(),
+        ));
+    };
+    match map.get("id") {
+        None => {
+            map.insert("id".into(), Value::String(id.to_string()));
+        }
+        Some(Value::String(given)) if given == id.as_str() => {}
+        Some(_) => {
+            return Err(ApiError::InvalidField(
+                "id in the body differs from the id in the path".into(),
+            ));
+        }
+    }
+    let customer = check(
+        serde_json::from_value::<Customer>(value)
+            .map_err(|e| ApiError::InvalidField(e.to_string()))?,
+    )?;
+    let mut tx = state.store.begin().await?;
+    let existed = tx.customer(&id).await?.is_some();
+    tx.put_customer(&customer, state.clock.now()).await?;
+    tx.commit().await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(json!(customer))))
+}
+
+/// A partial update.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerPatch {
+    email: Option<String>,
+    phone: Option<String>,
+    timezone: Option<String>,
+    locale: Option<String>,
+    /// Merged: a `null` value removes the attribute.
+    #[serde(default)]
+    attributes: Map<String, Value>,
+    /// Replaces the tags.
+    tags: Option<BTreeSet<String>>,
+    #[serde(default)]
+    add_tags: Vec<String>,
+    #[serde(default)]
+    remove_tags: Vec<String>,
+    consent: Option<ConsentPatch>,
+}
+
+/// Consent fields to change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentPatch {
+    email: Option<bool>,
+    sms: Option<bool>,
+}
+
+/// `PATCH`: merges into an existing profile.
+pub(super) async fn patch(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> Result<Json<Value>, ApiError> {
+    let id = customer_id(&id)?;
+    let patch: CustomerPatch = parse_json(&body)?;
+    if let Some(zone) = &patch.timezone {
+        check_zone(zone).map_err(|e| ApiError::InvalidField(format!("timezone: {e}")))?;
+    }
+    let mut tx = state.store.begin().await?;
+    let mut customer = tx
+        .customer(&id)
+        .await?
+        .ok_or_else(|| ApiError::UnknownCustomer(id.to_string()))?;
+    customer.email = patch.email.or(customer.email);
+    customer.phone = patch.phone.or(customer.phone);
+    customer.timezone = patch.timezone.or(customer.timezone);
+    customer.locale = patch.locale.or(customer.locale);
+    for (name, value) in patch.attributes {
+        if value.is_null() {
+            customer.attributes.remove(&name);
+        } else {
+            customer.attributes.insert(name, value);
+        }
+    }
+    if let Some(tags) = patch.tags {
+        customer.tags = tags;
+    }
+    customer.tags.extend(patch.add_tags);
+    for tag in patch.remove_tags {
+        customer.tags.remove(&tag);
+    }
+    if let Some(consent) = patch.consent {
+        customer.consent = Consent {
+            email: consent.email.unwrap_or(customer.consent.email),
+            sms: consent.sms.unwrap_or(customer.consent.sms),
+        };
+    }
+    let customer = check(customer)?;
+    tx.put_customer(&customer, state.clock.now()).await?;
+    tx.commit().await?;
+    Ok(Json(json!(customer)))
+}
+
+/// `GET`: profile, consent, recent events, enrollments and messages.
+pub(super) async fn get_one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = customer_id(&id)?;
+    let customer = state
+        .store
+        .customer(&id)
+        .await?
+        .ok_or_else(|| ApiError::UnknownCustomer(id.to_string()))?;
+    let events = state.store.recent_events(&id, 20).await?;
+    let enrollments = state.store.enrollments_of(&id).await?;
+    let messages = state.store.messages_of(&id).await?;
+    Ok(Json(json!({
+        "customer": customer,
+        "recent_events": events,
+        "enrollments": enrollments,
+        "messages": messages,
+    })))
+}
+
+/// `DELETE`: erases personal data and pending messages; anonymous counts stay.
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = customer_id(&id)?;
+    let mut tx = state.store.begin().await?;
+    let existed = tx.erase_customer(&id, state.clock.now()).await?;
+    tx.commit().await?;
+    if existed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::UnknownCustomer(id.to_string()))
+    }
+}

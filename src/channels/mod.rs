@@ -1,0 +1,200 @@
+//! Delivery: the only code that opens connections to providers. Each channel turns an
+//! outbox message into an attempt and says whether a failure is worth retrying;
+//! `dispatch` drains the outbox.
+
+pub mod dispatch;
+pub mod email;
+pub mod outbox_dir;
+pub mod retry;
+pub mod sms_twilio;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::store::{OutboxMessage, Payload};
+
+/// Why an attempt failed, and what to do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Worth retrying: a 4xx SMTP reply, a connection error, an HTTP 5xx or 429.
+    #[error("temporary failure: {reason}")]
+    Transient {
+        /// The provider asked to wait this long (HTTP `Retry-After`).
+        retry_after: Option<Duration>,
+        /// What happened.
+        reason: String,
+    },
+    /// Not worth retrying: a 5xx SMTP reply, an HTTP 4xx, a refused destination.
+    #[error("permanent failure: {reason}")]
+    Permanent {
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl DeliveryError {
+    /// A transient error without a provider-given delay.
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Self::Transient {
+            retry_after: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// A permanent error.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self::Permanent {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A successful attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Delivered {
+    /// The provider's id for the message, if it gave one.
+    pub provider_id: Option<String>,
+}
+
+/// Where email goes.
+#[derive(Debug)]
+pub enum EmailSink {
+    /// An SMTP server.
+    Smtp(email::SmtpChannel),
+    /// `.eml` files in a folder.
+    Dir(outbox_dir::OutboxDir),
+}
+
+/// Where SMS goes.
+#[derive(Debug)]
+pub enum SmsSink {
+    /// A Twilio-compatible HTTP API.
+    Twilio(sms_twilio::TwilioChannel),
+    /// JSON files in a folder.
+    Dir(outbox_dir::OutboxDir),
+}
+
+/// All channels, each with its own concurrency limit.
+#[derive(Debug)]
+pub struct Channels {
+    /// Email.
+    pub email: EmailSink,
+    /// SMS; `None` when no provider or outbox folder is configured.
+    pub sms: Option<SmsSink>,
+    /// Webhooks.
+    pub webhook: webhook::WebhookChannel,
+    /// Concurrent attempts per channel: email, SMS, webhook.
+    pub limits: [Arc<Semaphore>; 3],
+}
+
+impl Channels {
+    /// Makes one delivery attempt, within the channel's concurrency limit.
+    pub async fn deliver(&self, message: &OutboxMessage) -> Result<Delivered, DeliveryError> {
+        let limit = match &message.payload {
+            Payload::Email { .. } => &self.limits[0],
+            Payload::Sms { .. } => &self.limits[1],
+            Payload::Webhook { .. } | Payload::None => &self.limits[2],
+        };
+        let _permit = limit
+            .acquire()
+            .await
+            .map_err(|_| DeliveryError::transient("shutting down"))?;
+        match &message.payload {
+            Payload::Email { .. } => match &self.email {
+                EmailSink::Smtp(smtp) => smtp.send(&message.key, &message.payload).await,
+                EmailSink::Dir(dir) => {
+                    dir.write(&message.key, &message.payload, self.email_from())
+                        .await
+                }
+            },
+            Payload::Sms { to, body } => match &self.sms {
+                Some(SmsSink::Twilio(twilio)) => twilio.send(&message.key, to, body).await,
+                Some(SmsSink::Dir(dir)) => dir.write(&message.key, &message.payload, None).await,
+                None => Err(DeliveryError::transient("no SMS provider is configured")),
+            },
+            Payload::Webhook {
+                method,
+                url,
+                headers,
+                body,
+            } => {
+                self.webhook
+                    .call(&message.key, method, url, headers, body.as_ref())
+                    .await
+            }
+            Payload::None => Err(DeliveryError::permanent("nothing to deliver")),
+        }
+    }
+
+    fn email_from(&self) -> Option<&str> {
+        match &self.email {
+            EmailSink::Smtp(smtp) => Some(smtp.from()),
+            EmailSink::Dir(dir) => dir.from(),
+        }
+    }
+}
+
+/// Maps an HTTP response status to what the dispatcher should do: 2xx is success; 429 and
+/// 5xx are worth retrying (honouring `Retry-After` in seconds); other 4xx are not.
+pub fn http_outcome(
+    status: u16,
+    retry_after: Option<&str>,
+    what: &str,
+) -> Result<(), DeliveryError> {
+    match status {
+        200..=299 => Ok(()),
+        429 | 500..=599 => Err(DeliveryError::Transient {
+            retry_after: retry_after
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+            reason: format!("{what} answered HTTP {status}"),
+        }),
+        _ => Err(DeliveryError::permanent(format!(
+            "{what} answered HTTP {status}"
+        ))),
+    }
+}
+
+/// Maps a reqwest error that came before any response.
+pub fn http_error(err: &reqwest::Error, what: &str) -> DeliveryError {
+    // Connection refused, reset, timed out: the provider may be back soon.
+    DeliveryError::transient(format!("{what}: {}", crate::scheduler::error_chain(err)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_statuses_map_to_success_retry_or_give_up() {
+        assert_eq!(http_outcome(201, None, "x"), Ok(()));
+        for status in [400, 401, 403, 404, 410, 422] {
+            assert!(
+                matches!(
+                    http_outcome(status, None, "x"),
+                    Err(DeliveryError::Permanent { .. })
+                ),
+                "{status}"
+            );
+        }
+        for status in [429, 500, 502, 503] {
+            assert!(
+                matches!(
+                    http_outcome(status, None, "x"),
+                    Err(DeliveryError::Transient { .. })
+                ),
+                "{status}"
+            );
+        }
+        assert_eq!(
+            http_outcome(429, Some("120"), "x"),
+            Err(DeliveryError::Transient {
+                retry_after: Some(Duration::from_secs(120)),
+                reason: "x answered HTTP 429".into()
+            })
+        );
+    }
+}

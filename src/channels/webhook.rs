@@ -1,0 +1,258 @@
+//! Webhooks over HTTP with a timeout, no redirects, and a destination policy: loopback,
+//! private, link-local, unique-local and other internal addresses are refused unless
+//! allowlisted. The policy is applied to the addresses the resolver returns — the only ones
+//! the client connects to — and to IP literals in the URL, so DNS cannot smuggle a request
+//! to an internal host.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use super::{Delivered, DeliveryError, http_error, http_outcome};
+
+/// Whether an address is internal: never a webhook target unless allowlisted.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
+                || (a == 192 && b == 0 && v4.octets()[2] == 0) // IETF protocol assignments
+                || a >= 240
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (first & 0xffc0) == 0xfe80 // link local fe80::/10
+        }
+    }
+}
+
+/// Hosts and addresses webhooks may reach even though they are internal.
+#[derive(Debug, Clone, Default)]
+pub struct Allowlist {
+    hosts: BTreeSet<String>,
+}
+
+impl Allowlist {
+    /// From entries such as `127.0.0.1`, `::1` or `crm.internal`.
+    pub fn new(entries: &[String]) -> Self {
+        Self {
+            hosts: entries
+                .iter()
+                .map(|e| e.trim().trim_matches(['[', ']']).to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    fn allows_host(&self, host: &str) -> bool {
+        self.hosts
+            .contains(&host.trim_matches(['[', ']']).to_ascii_lowercase())
+    }
+
+    fn allows_ip(&self, ip: IpAddr) -> bool {
+        !is_internal(ip) || self.hosts.contains(&ip.to_string())
+    }
+}
+
+/// Resolves names and drops internal addresses the allowlist does not name.
+#[derive(Debug, Clone)]
+struct PolicyResolver {
+    allow: Arc<Allowlist>,
+}
+
+impl Resolve for PolicyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow = self.allow.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = if allow.allows_host(&host) {
+                found
+            } else {
+                found
+                    .into_iter()
+                    .filter(|a| allow.allows_ip(a.ip()))
+                    .collect()
+            };
+            if allowed.is_empty() {
+                return Err(format!("refused: {host} resolves only to internal addresses").into());
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The webhook client.
+#[derive(Debug)]
+pub struct WebhookChannel {
+    client: reqwest::Client,
+    allow: Arc<Allowlist>,
+}
+
+impl WebhookChannel {
+    /// A client with `timeout`, no redirects, and the destination policy.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(allow: Allowlist, timeout: Duration) -> Result<Self, String> {
+        let allow = Arc::new(allow);
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(PolicyResolver {
+                allow: allow.clone(),
+            }))
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        Ok(Self { client, allow })
+    }
+
+    /// Checks a URL before any connection: scheme, and an IP-literal host against the policy.
+    ///
+    /// # Errors
+    /// A permanent error naming why the destination is refused.
+    pub fn check_destination(&self, url: &str) -> Result<reqwest::Url, DeliveryError> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| {
+            DeliveryError::permanent(format!("webhook URL {url:?} is invalid: {e}"))
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(DeliveryError::permanent(format!(
+                "webhook URL scheme {:?} is not http or https",
+                parsed.scheme()
+            )));
+        }
+        let host = parsed.host_str().unwrap_or_default();
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>()
+            && !self.allow.allows_ip(ip)
+            && !self.allow.allows_host(host)
+        {
+            return Err(DeliveryError::permanent(format!(
+                "refused: {ip} is an internal address (allowlist it to call it)"
+            )));
+        }
+        Ok(parsed)
+    }
+
+    /// Calls a webhook; the idempotency key goes along as `Idempotency-Key`.
+    ///
+    /// # Errors
+    /// Permanent for a refused destination or a 4xx; transient for connection errors,
+    /// 429 and 5xx. A name that resolves only to internal addresses is refused permanently.
+    pub async fn call(
+        &self,
+        key: &str,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<Delivered, DeliveryError> {
+        let url = self.check_destination(url)?;
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|_| DeliveryError::permanent(format!("invalid method {method}")))?;
+        let mut request = self
+            .client
+            .request(method, url)
+            .header("Idempotency-Key", key);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| {
+            let chain = crate::scheduler::error_chain(&e);
+            if chain.contains("refused: ") {
+                DeliveryError::permanent(chain)
+            } else {
+                http_error(&e, "the webhook")
+            }
+        })?;
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        http_outcome(
+            response.status().as_u16(),
+            retry_after.as_deref(),
+            "the webhook",
+        )?;
+        Ok(Delivered::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+            assert!(!is_internal(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn ip_literal_destinations_are_refused_before_connecting_unless_allowlisted() {
+        let strict = WebhookChannel::new(Allowlist::default(), Duration::from_secs(1)).unwrap();
+        for url in [
+            "http://127.0.0.1:9/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/",
+            "ftp://example.com/",
+        ] {
+            assert!(
+                matches!(
+                    strict.check_destination(url),
+                    Err(DeliveryError::Permanent { .. })
+                ),
+                "{url}"
+            );
+        }
+        assert!(
+            strict
+                .check_destination("https://hooks.example.com/x")
+                .is_ok()
+        );
+        let local = WebhookChannel::new(
+            Allowlist::new(&["127.0.0.1".into()]),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert!(local.check_destination("http://127.0.0.1:9/x").is_ok());
+        assert!(local.check_destination("http://169.254.169.254/").is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! `trellis serve`: the one place that wires the store, channels, scheduler, dispatcher and
+//! API together under one cancellation token, cancelled on SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::channels::dispatch::{self, DispatchCtx};
+use crate::channels::email::SmtpChannel;
+use crate::channels::outbox_dir::OutboxDir;
+use crate::channels::retry::RetryPolicy;
+use crate::channels::sms_twilio::TwilioChannel;
+use crate::channels::webhook::{Allowlist, WebhookChannel};
+use crate::channels::{Channels, EmailSink, SmsSink};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Secret, ServeConfig};
+use crate::scheduler::{self, Catalog, Links, SchedulerCtx};
+use crate::store::{OpenOptions, Store};
+use crate::workflow::validate::check_paths;
+
+/// Builds the channels the configuration asks for.
+fn channels(config: &ServeConfig) -> anyhow::Result<Channels> {
+    let outbox = || OutboxDir::new(&config.outbox, Some(config.from.clone()));
+    let email = match &config.smtp_url {
+        Some(url) => EmailSink::Smtp(
+            SmtpChannel::new(url.expose(), &config.from, config.smtp_pool)
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => EmailSink::Dir(outbox()),
+    };
+    let sms = match (&config.twilio_account_sid, &config.twilio_auth_token) {
+        (Some(sid), Some(token)) => Some(SmsSink::Twilio(
+            TwilioChannel::new(
+                &config.twilio_base_url,
+                sid,
+                token.clone(),
+                &config.sms_from,
+            )
+            .map_err(anyhow::Error::msg)?,
+        )),
+        (None, None) => Some(SmsSink::Dir(outbox())),
+        _ => bail!("set both TRELLIS_TWILIO_ACCOUNT_SID and TRELLIS_TWILIO_AUTH_TOKEN, or neither"),
+    };
+    let webhook = WebhookChannel::new(
+        Allowlist::new(&config.webhook_allow),
+        Duration::from_secs(10),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let limit = || Arc::new(Semaphore::new(config.channel_concurrency.max(1)));
+    Ok(Channels {
+        email,
+        sms,
+        webhook,
+        limits: [limit(), limit(), limit()],
+    })
+}
+
+/// Everything `serve` runs, built and ready: exposed so tests can run it in-process.
+pub struct Service {
+    /// The scheduler's context.
+    pub scheduler: SchedulerCtx,
+    /// The dispatcher's context.
+    pub dispatcher: DispatchCtx,
+    /// The API's state.
+    pub api: AppState,
+    /// Wakes the scheduler.
+    pub scheduler_nudge: Arc<Notify>,
+    /// Wakes the dispatcher.
+    pub outbox_nudge: Arc<Notify>,
+}
+
+/// Opens the store, loads and validates workflows and templates, and builds the channels.
+///
+/// # Errors
+/// Broken workflows or templates (with every problem), a database that will not open, or
+/// an unusable setting.
+pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Service> {
+    if config.api_token.is_none() {
+        if !config.insecure_no_auth {
+            bail!(
+                "set TRELLIS_API_TOKEN (or --api-token), or pass --insecure-no-auth to serve without one on a loopback address"
+            );
+        }
+        if !config.listen.ip().is_loopback() {
+            bail!(
+                "--insecure-no-auth is allowed only on a loopback address, not {}",
+                config.listen
+            );
+        }
+    }
+    let (workflows, templates, problems) =
+        check_paths(&[config.workflows.as_path()], &config.templates);
+    if !problems.is_empty() {
+        let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        bail!(
+            "workflows or templates have problems:\n{}",
+            listed.join("\n")
+        );
+    }
+    let store = Store::open(
+        &config.database_url,
+        OpenOptions {
+            synchronous_normal: config.synchronous_normal,
+            ..OpenOptions::default()
+        },
+    )
+    .await
+    .with_context(|| format!("opening {}", config.database_url))?;
+    let catalog = Arc::new(
+        Catalog::register(&store, workflows, clock.now())
+            .await
+            .context("recording workflow versions")?,
+    );
+    let key = match &config.secret_key {
+        Some(key) => key.clone(),
+        None => Secret::new(
+            store
+                .setting_or_insert("unsubscribe_key", || {
+                    crate::engine::hash::hex_digest(
+                        &[
+                            &clock.now().to_string(),
+                            &std::process::id().to_string(),
+                            &config.database_url,
+                        ],
+                        64,
+                    )
+                })
+                .await?,
+        ),
+    };
+    let unsubscribe_key: Arc<[u8]> = Arc::from(key.expose().as_bytes());
+    let scheduler_nudge = Arc::new(Notify::new());
+    let outbox_nudge = Arc::new(Notify::new());
+    let channels = Arc::new(channels(config)?);
+    Ok(Service {
+        scheduler: SchedulerCtx {
+            store: store.clone(),
+            catalog: catalog.clone(),
+            templates: Arc::new(templates),
+            links: Links {
+                public_url: config.public_url.clone(),
+                key: unsubscribe_key.clone(),
+            },
+            batch_size: 200,
+            outbox_nudge: outbox_nudge.clone(),
+        },
+        dispatcher: DispatchCtx {
+            store: store.clone(),
+            channels,
+            policy: RetryPolicy::default(),
+            batch_size: 200,
+        },
+        api: AppState {
+            store,
+            catalog,
+            clock,
+            nudge: scheduler_nudge.clone(),
+            token: config.api_token.clone(),
+            max_body_bytes: config.max_body_bytes,
+            unsubscribe_key,
+        },
+        scheduler_nudge,
+        outbox_nudge,
+    })
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub fn run(config: &ServeConfig) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let service = build(config, clock.clone()).await?;
+        let released = service.scheduler.store.release_in_flight().await?;
+        if released > 0 {
+            warn!(messages = released, "Messages in flight at the last stop will be sent again with the same key.");
+        }
+        let shutdown = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
+        info!(listen = %config.listen, workflows = service.scheduler.catalog.current().count(), "Trellis is serving.");
+        let scheduler = tokio::spawn(scheduler::run(service.scheduler, clock.clone(), service.scheduler_nudge, shutdown.clone()));
+        let dispatcher = tokio::spawn(dispatch::run(service.dispatcher, clock, service.outbox_nudge, shutdown.clone()));
+        let server_shutdown = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, api::router(service.api))
+                .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+                .await
+        });
+        wait_for_signal().await;
+        info!("Shutting down: finishing work in flight.");
+        shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            let _ = server.await;
+            let _ = scheduler.await;
+            let _ = dispatcher.await;
+        })
+        .await;
+        info!("Stopped.");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler works on Unix");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

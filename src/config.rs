@@ -1,0 +1,122 @@
+//! Settings for `trellis serve`, from flags and `TRELLIS_*` variables. Every setting has a
+//! default that runs on a fresh machine. Built once in `cli` and passed down.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// A secret: printed as `[redacted]` by `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Settings of `trellis serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeConfig {
+    /// The database.
+    #[arg(
+        long,
+        env = "TRELLIS_DATABASE_URL",
+        default_value = "sqlite://trellis.db"
+    )]
+    pub database_url: String,
+    /// Use `synchronous=NORMAL`: faster, but a power loss (not a crash) can lose the last commits.
+    #[arg(long, env = "TRELLIS_SYNCHRONOUS_NORMAL")]
+    pub synchronous_normal: bool,
+    /// Address for the HTTP API.
+    #[arg(long, env = "TRELLIS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Bearer token the API requires.
+    #[arg(long, env = "TRELLIS_API_TOKEN")]
+    pub api_token: Option<Secret>,
+    /// Serve the API without a token; allowed only on a loopback address.
+    #[arg(long, env = "TRELLIS_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// The URL customers reach Trellis at, for unsubscribe links.
+    #[arg(
+        long,
+        env = "TRELLIS_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub public_url: String,
+    /// Workflows folder.
+    #[arg(long, env = "TRELLIS_WORKFLOWS", default_value = "workflows")]
+    pub workflows: PathBuf,
+    /// Templates folder.
+    #[arg(long, env = "TRELLIS_TEMPLATES", default_value = "templates")]
+    pub templates: PathBuf,
+    /// SMTP server, e.g. `smtp://user:pass@host:587` (STARTTLS) or `smtps://…` (TLS).
+    #[arg(long, env = "TRELLIS_SMTP_URL")]
+    pub smtp_url: Option<Secret>,
+    /// SMTP connections in the pool.
+    #[arg(long, env = "TRELLIS_SMTP_POOL", default_value_t = 8)]
+    pub smtp_pool: u32,
+    /// Default sender, e.g. `Acme <news@acme.example>`.
+    #[arg(
+        long,
+        env = "TRELLIS_FROM",
+        default_value = "Trellis <trellis@localhost>"
+    )]
+    pub from: String,
+    /// Twilio-compatible API base URL.
+    #[arg(
+        long,
+        env = "TRELLIS_TWILIO_BASE_URL",
+        default_value = "https://api.twilio.com"
+    )]
+    pub twilio_base_url: String,
+    /// Twilio account SID; SMS goes through Twilio when this and the token are set.
+    #[arg(long, env = "TRELLIS_TWILIO_ACCOUNT_SID")]
+    pub twilio_account_sid: Option<String>,
+    /// Twilio auth token.
+    #[arg(long, env = "TRELLIS_TWILIO_AUTH_TOKEN")]
+    pub twilio_auth_token: Option<Secret>,
+    /// The number SMS are sent from, E.164.
+    #[arg(long, env = "TRELLIS_SMS_FROM", default_value = "+15005550006")]
+    pub sms_from: String,
+    /// Write email (without SMTP) and SMS (without a provider) as files here instead.
+    #[arg(long, env = "TRELLIS_OUTBOX", default_value = "outbox")]
+    pub outbox: PathBuf,
+    /// Internal hosts webhooks may call, comma-separated (e.g. `127.0.0.1,crm.internal`).
+    #[arg(long, env = "TRELLIS_WEBHOOK_ALLOW", value_delimiter = ',')]
+    pub webhook_allow: Vec<String>,
+    /// Key for signing unsubscribe links; generated and kept in the database when unset.
+    #[arg(long, env = "TRELLIS_SECRET_KEY")]
+    pub secret_key: Option<Secret>,
+    /// Concurrent deliveries per channel.
+    #[arg(long, env = "TRELLIS_CHANNEL_CONCURRENCY", default_value_t = 16)]
+    pub channel_concurrency: usize,
+    /// Largest request body the API takes, in bytes.
+    #[arg(long, env = "TRELLIS_MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    pub max_body_bytes: usize,
+}

@@ -1,0 +1,312 @@
+//! All SQL lives under this module. [`Store`] opens the database and offers the few reads
+//! the API needs; [`Tx`] is one `BEGIN IMMEDIATE` transaction in which the scheduler reads a
+//! customer's state and writes the step's result — enrollments, outbox messages, profile
+//! changes, conversions — all or nothing.
+//!
+//! The implementation is SQLite (`sqlite.rs`). The interface is kept narrow and free of
+//! SQLite types so that a PostgreSQL backend can sit beside it.
+
+mod sqlite;
+pub mod testing;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::{OpenOptions, Store, Tx};
+
+use crate::model::{Channel, CustomerId, Event};
+
+/// What went wrong in the store. Each variant says what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Opening or migrating the database.
+    #[error("opening the database {url}")]
+    Open {
+        /// The database URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying migrations.
+    #[error("migrating the database")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("{what}")]
+    Query {
+        /// What the query was for.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Stored JSON did not decode: the row was written by an incompatible version.
+    #[error("decoding {what}")]
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Shorthand for a query error with context.
+pub(crate) fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::Query { what, source }
+}
+
+/// Shorthand for a decode error with context.
+pub(crate) fn decode(what: &'static str) -> impl FnOnce(serde_json::Error) -> Error {
+    move |source| Error::Decode { what, source }
+}
+
+/// An event as stored, with its place in the processing order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Order of arrival.
+    pub seq: i64,
+    /// Whose event.
+    pub customer_id: CustomerId,
+    /// The event.
+    pub event: Event,
+}
+
+/// Whether an inserted event was new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inserted {
+    /// Stored; the scheduler will process it.
+    Accepted,
+    /// An event with the same id was stored before; nothing changed.
+    Duplicate,
+}
+
+/// A rendered message, as stored in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "channel", rename_all = "snake_case")]
+pub enum Payload {
+    /// An email.
+    Email {
+        /// Recipient.
+        to: String,
+        /// Sender override.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        /// Reply-To.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+        /// Subject line.
+        subject: String,
+        /// HTML part.
+        html: String,
+        /// Text part.
+        text: String,
+        /// One-click unsubscribe URL, for the List-Unsubscribe header.
+        unsubscribe: String,
+    },
+    /// An SMS.
+    Sms {
+        /// Recipient phone number, E.164.
+        to: String,
+        /// Body.
+        body: String,
+    },
+    /// A webhook call.
+    Webhook {
+        /// HTTP method.
+        method: String,
+        /// URL.
+        url: String,
+        /// Headers.
+        headers: Vec<(String, String)>,
+        /// JSON body.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<serde_json::Value>,
+    },
+    /// Nothing to deliver (a suppressed or failed-to-render message, or erased data).
+    None,
+}
+
+impl Payload {
+    /// The channel name stored with the message.
+    pub fn channel_name(&self) -> &'static str {
+        match self {
+            Payload::Email { .. } => Channel::Email.as_str(),
+            Payload::Sms { .. } => Channel::Sms.as_str(),
+            Payload::Webhook { .. } => "webhook",
+            Payload::None => "none",
+        }
+    }
+}
+
+/// The lifecycle of an outbox message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    /// Waiting for its next attempt.
+    Pending,
+    /// Claimed by the dispatcher; an attempt is on the wire.
+    Sending,
+    /// Accepted by the provider.
+    Sent,
+    /// Given up: a permanent failure, or retries exhausted.
+    Failed,
+    /// Not sent, by rule: no consent, no address.
+    Suppressed,
+    /// Withdrawn before sending: the customer was erased or opted out.
+    Cancelled,
+}
+
+impl MessageStatus {
+    /// The status as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Pending => "pending",
+            MessageStatus::Sending => "sending",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Suppressed => "suppressed",
+            MessageStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A new outbox row, written in the same transaction as the step that produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    /// Idempotency key: a second insert with the same key is ignored.
+    pub key: String,
+    /// The enrollment that produced it.
+    pub enrollment_id: String,
+    /// Its workflow.
+    pub workflow_id: String,
+    /// Its node.
+    pub node: String,
+    /// The customer.
+    pub customer_id: String,
+    /// The template, for sends.
+    pub template: Option<String>,
+    /// Pending, suppressed or failed (render errors).
+    pub status: MessageStatus,
+    /// What to deliver.
+    pub payload: Payload,
+    /// Why it was suppressed or failed.
+    pub note: Option<String>,
+    /// From a transactional workflow: not cancelled when the customer opts out of marketing.
+    pub transactional: bool,
+}
+
+/// An outbox message claimed for delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    /// Idempotency key.
+    pub key: String,
+    /// Its workflow.
+    pub workflow_id: String,
+    /// The customer.
+    pub customer_id: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// When it was written.
+    pub created_at: Timestamp,
+    /// What to deliver.
+    pub payload: Payload,
+}
+
+/// The result of one delivery attempt, as the dispatcher records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptOutcome {
+    /// Delivered.
+    Sent {
+        /// The provider's id for the message, if it gave one.
+        provider_id: Option<String>,
+    },
+    /// Try again at `next_attempt_at`.
+    Retry {
+        /// When.
+        next_attempt_at: Timestamp,
+        /// Why this attempt failed.
+        reason: String,
+    },
+    /// Give up.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A conversion: the goal reached, with its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversion {
+    /// The enrollment.
+    pub enrollment_id: String,
+    /// Its workflow.
+    pub workflow_id: String,
+    /// The customer.
+    pub customer_id: String,
+    /// The goal event's name.
+    pub event: String,
+    /// Revenue, if the goal names a value property.
+    pub value: Option<f64>,
+    /// The split arm the customer was on.
+    pub arm: Option<String>,
+}
+
+/// An enrollment as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnrollmentView {
+    /// Enrollment id.
+    pub id: String,
+    /// Workflow.
+    pub workflow_id: String,
+    /// Workflow version (content hash).
+    pub workflow_version: String,
+    /// Still in the journey?
+    pub active: bool,
+    /// Current node.
+    pub node: Option<String>,
+    /// Next wake-up.
+    pub next_wake: Option<Timestamp>,
+    /// When the customer entered.
+    pub entered_at: Timestamp,
+    /// Why it ended, if it did.
+    pub exit_reason: Option<String>,
+}
+
+/// A message as the API shows it (no body: bodies hold personal data).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MessageView {
+    /// Idempotency key.
+    pub key: String,
+    /// Workflow.
+    pub workflow_id: String,
+    /// Node.
+    pub node: String,
+    /// Channel.
+    pub channel: String,
+    /// Template.
+    pub template: Option<String>,
+    /// Status.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// The provider's id.
+    pub provider_id: Option<String>,
+    /// When it was written.
+    pub created_at: Timestamp,
+    /// When it was accepted by the provider.
+    pub sent_at: Option<Timestamp>,
+}
+
+/// Converts a timestamp to stored milliseconds.
+pub(crate) fn millis(at: Timestamp) -> i64 {
+    at.as_millisecond()
+}
+
+/// Converts stored milliseconds to a timestamp.
+pub(crate) fn from_millis(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
+}

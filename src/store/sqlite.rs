@@ -1,0 +1,828 @@
+//! The SQLite store: WAL, `synchronous=FULL` by default, a busy timeout, migrations from
+//! `migrations/`, and `BEGIN IMMEDIATE` for every transaction that reads then writes.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+
+use super::{
+    AttemptOutcome, Conversion, EnrollmentView, Error, Inserted, MessageView, NewMessage,
+    OutboxMessage, StoredEvent, decode, from_millis, millis, query,
+};
+use crate::engine::{Enrollment, Status};
+use crate::model::{Customer, CustomerId, Event, EventId};
+
+/// How to open the database.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// `synchronous=NORMAL` instead of `FULL`: faster commits, but a power loss (not a
+    /// process crash) may lose the last transactions.
+    pub synchronous_normal: bool,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            synchronous_normal: false,
+            max_connections: 8,
+        }
+    }
+}
+
+/// The database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// One `BEGIN IMMEDIATE` transaction. Dropped without [`Tx::commit`], it rolls back.
+pub struct Tx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `url`, such as
+    /// `sqlite://trellis.db`.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or migrated.
+    pub async fn open(url: &str, options: OpenOptions) -> Result<Self, Error> {
+        let open_error = |source| Error::Open {
+            url: url.to_owned(),
+            source,
+        };
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(open_error)?
+            .create_if_missing(true)
+            // sqlx leaves the journal mode alone unless told; WAL lets readers run beside
+            // the one writer.
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if options.synchronous_normal {
+                SqliteSynchronous::Normal
+            } else {
+                SqliteSynchronous::Full
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .connect_with(connect)
+            .await
+            .map_err(open_error)?;
+        MIGRATOR.run(&pool).await.map_err(Error::Migrate)?;
+        Ok(Self { pool })
+    }
+
+    /// Starts a write transaction with `BEGIN IMMEDIATE`, so it holds the write lock from
+    /// the start; a deferred transaction that reads and then writes can fail with
+    /// "database is locked" despite the busy timeout.
+    ///
+    /// # Errors
+    /// When the lock cannot be had within the busy timeout.
+    pub async fn begin(&self) -> Result<Tx, Error> {
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(query("beginning a transaction"))?;
+        Ok(Tx { tx })
+    }
+
+    /// Whether the database answers.
+    ///
+    /// # Errors
+    /// When it does not.
+    pub async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(query("pinging the database"))?;
+        Ok(())
+    }
+
+    /// A customer's profile.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn customer(&self, id: &CustomerId) -> Result<Option<Customer>, Error> {
+        let row = sqlx::query("SELECT profile FROM customers WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query("reading a customer"))?;
+        row.map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(decode("a customer profile")))
+            .transpose()
+    }
+
+    /// The customer's most recent events, newest first.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn recent_events(&self, id: &CustomerId, limit: u32) -> Result<Vec<Event>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, name, at, properties FROM events WHERE customer_id = ? ORDER BY at DESC, seq DESC LIMIT ?",
+        )
+        .bind(id.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("reading recent events"))?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// The customer's enrollments, newest first.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn enrollments_of(&self, id: &CustomerId) -> Result<Vec<EnrollmentView>, Error> {
+        let rows = sqlx::query(
+            "SELECT state FROM enrollments WHERE customer_id = ? ORDER BY entered_at DESC",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("reading enrollments"))?;
+        rows.iter()
+            .map(|r| {
+                let e: Enrollment =
+                    serde_json::from_str(r.get::<&str, _>(0)).map_err(decode("an enrollment"))?;
+                Ok(EnrollmentView {
+                    id: e.id.clone(),
+                    workflow_id: e.workflow_id.to_string(),
+                    workflow_version: e.workflow_version.clone(),
+                    active: e.is_active(),
+                    node: e.current_node().map(ToString::to_string),
+                    next_wake: e.next_wake(),
+                    entered_at: e.entered_at,
+                    exit_reason: match &e.status {
+                        Status::Exited { reason, .. } => Some(reason.to_string()),
+                        _ => None,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// The customer's messages, newest first.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn messages_of(&self, id: &CustomerId) -> Result<Vec<MessageView>, Error> {
+        let rows = sqlx::query(
+            "SELECT key, workflow_id, node, channel, template, status, attempts, last_error, provider_id, created_at, sent_at
+             FROM messages WHERE customer_id = ? ORDER BY created_at DESC, key",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("reading messages"))?;
+        Ok(rows
+            .iter()
+            .map(|r| MessageView {
+                key: r.get(0),
+                workflow_id: r.get(1),
+                node: r.get(2),
+                channel: r.get(3),
+                template: r.get(4),
+                status: r.get(5),
+                attempts: r.get::<i64, _>(6).try_into().unwrap_or(0),
+                last_error: r.get(7),
+                provider_id: r.get(8),
+                created_at: from_millis(r.get(9)),
+                sent_at: r.get::<Option<i64>, _>(10).map(from_millis),
+            })
+            .collect())
+    }
+
+    /// Active enrollments per workflow.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn active_counts(&self) -> Result<Vec<(String, i64)>, Error> {
+        let rows = sqlx::query(
+            "SELECT workflow_id, COUNT(*) FROM enrollments WHERE active = 1 GROUP BY workflow_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("counting enrollments"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The earliest wake-up among active enrollments of workflows not paused.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn next_wake(&self) -> Result<Option<Timestamp>, Error> {
+        let row = sqlx::query(
+            "SELECT MIN(e.wake_at) FROM enrollments e JOIN workflows w ON w.id = e.workflow_id
+             WHERE e.active = 1 AND e.wake_at IS NOT NULL AND w.paused = 0",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query("finding the next wake-up"))?;
+        Ok(row.get::<Option<i64>, _>(0).map(from_millis))
+    }
+
+    /// The earliest pending message attempt, for the dispatcher's sleep.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn next_attempt(&self) -> Result<Option<Timestamp>, Error> {
+        let row = sqlx::query(
+            "SELECT MIN(m.next_attempt_at) FROM messages m JOIN workflows w ON w.id = m.workflow_id
+             WHERE m.status = 'pending' AND w.paused = 0",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query("finding the next attempt"))?;
+        Ok(row.get::<Option<i64>, _>(0).map(from_millis))
+    }
+
+    /// Every stored workflow version: `(workflow id, version, YAML text, path)`.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn workflow_versions(&self) -> Result<Vec<(String, String, String, String)>, Error> {
+        let rows = sqlx::query("SELECT workflow_id, version, source, path FROM workflow_versions")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("reading workflow versions"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
+    /// The ids of paused workflows.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn paused(&self) -> Result<BTreeSet<String>, Error> {
+        let rows = sqlx::query("SELECT id FROM workflows WHERE paused = 1")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("reading paused workflows"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Messages that were on the wire when the process stopped go back to pending, so they
+    /// are sent again with the same key. Called once at startup by the only runner.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn release_in_flight(&self) -> Result<u64, Error> {
+        let done = sqlx::query("UPDATE messages SET status = 'pending' WHERE status = 'sending'")
+            .execute(&self.pool)
+            .await
+            .map_err(query("releasing in-flight messages"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Claims up to `limit` messages due at `now` whose workflow is not paused, marking them
+    /// `sending`.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn claim_messages(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, Error> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE messages SET status = 'sending', updated_at = ?1
+             WHERE key IN (
+                SELECT m.key FROM messages m JOIN workflows w ON w.id = m.workflow_id
+                WHERE m.status = 'pending' AND m.next_attempt_at <= ?1 AND w.paused = 0
+                ORDER BY m.next_attempt_at LIMIT ?2)
+             RETURNING key, workflow_id, customer_id, attempts, created_at, payload",
+        )
+        .bind(millis(now))
+        .bind(limit)
+        .fetch_all(&mut *tx.tx)
+        .await
+        .map_err(query("claiming messages"))?;
+        let claimed = rows
+            .iter()
+            .map(|r| {
+                Ok(OutboxMessage {
+                    key: r.get(0),
+                    workflow_id: r.get(1),
+                    customer_id: r.get(2),
+                    attempts: r.get::<i64, _>(3).try_into().unwrap_or(0),
+                    created_at: from_millis(r.get(4)),
+                    payload: serde_json::from_str(r.get::<&str, _>(5))
+                        .map_err(decode("a message payload"))?,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Records the outcomes of a batch of attempts, each as an `attempts` row plus the
+    /// message's new status.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn record_attempts(
+        &self,
+        outcomes: &[(String, u32, AttemptOutcome)],
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let mut tx = self.begin().await?;
+        for (key, attempt, outcome) in outcomes {
+            let (label, detail) = match outcome {
+                AttemptOutcome::Sent { provider_id } => ("sent", provider_id.clone()),
+                AttemptOutcome::Retry { reason, .. } => ("retry", Some(reason.clone())),
+                AttemptOutcome::Failed { reason } => ("failed", Some(reason.clone())),
+            };
+            sqlx::query("INSERT OR REPLACE INTO attempts (message_key, attempt, at, outcome, detail) VALUES (?, ?, ?, ?, ?)")
+                .bind(key)
+                .bind(attempt)
+                .bind(millis(now))
+                .bind(label)
+                .bind(&detail)
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(query("recording an attempt"))?;
+            let update = match outcome {
+                AttemptOutcome::Sent { provider_id } => sqlx::query(
+                    "UPDATE messages SET status = 'sent', attempts = ?2, provider_id = ?3, sent_at = ?4, updated_at = ?4, last_error = NULL WHERE key = ?1",
+                )
+                .bind(key)
+                .bind(attempt)
+                .bind(provider_id)
+                .bind(millis(now)),
+                AttemptOutcome::Retry { next_attempt_at, reason } => sqlx::query(
+                    "UPDATE messages SET status = 'pending', attempts = ?2, next_attempt_at = ?3, last_error = ?4, updated_at = ?5 WHERE key = ?1 AND status = 'sending'",
+                )
+                .bind(key)
+                .bind(attempt)
+                .bind(millis(*next_attempt_at))
+                .bind(reason)
+                .bind(millis(now)),
+                AttemptOutcome::Failed { reason } => sqlx::query(
+                    "UPDATE messages SET status = 'failed', attempts = ?2, last_error = ?3, updated_at = ?4 WHERE key = ?1",
+                )
+                .bind(key)
+                .bind(attempt)
+                .bind(reason)
+                .bind(millis(now)),
+            };
+            update
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(query("updating a message"))?;
+        }
+        tx.commit().await
+    }
+
+    /// A setting, such as the unsubscribe signing key; created with `make` when absent.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn setting_or_insert(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> String,
+    ) -> Result<String, Error> {
+        let mut tx = self.begin().await?;
+        let existing = sqlx::query("SELECT value FROM settings WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx.tx)
+            .await
+            .map_err(query("reading a setting"))?;
+        if let Some(row) = existing {
+            return Ok(row.get(0));
+        }
+        let value = make();
+        sqlx::query("INSERT INTO settings (name, value) VALUES (?, ?)")
+            .bind(name)
+            .bind(&value)
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(query("writing a setting"))?;
+        tx.commit().await?;
+        Ok(value)
+    }
+
+    /// Counts messages by status, for tests and reports.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn message_counts(&self) -> Result<Vec<(String, String, i64)>, Error> {
+        let rows = sqlx::query("SELECT channel, status, COUNT(*) FROM messages GROUP BY channel, status ORDER BY channel, status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("counting messages"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+}
+
+fn event_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Event, Error> {
+    Ok(Event {
+        id: r
+            .get::<Option<String>, _>(0)
+            .and_then(|id| EventId::parse(id).ok()),
+        name: r.get(1),
+        timestamp: from_millis(r.get(2)),
+        properties: serde_json::from_str(r.get::<&str, _>(3))
+            .map_err(decode("event properties"))?,
+    })
+}
+
+impl Tx {
+    /// Commits.
+    ///
+    /// # Errors
+    /// When the commit fails; nothing was written.
+    pub async fn commit(self) -> Result<(), Error> {
+        self.tx.commit().await.map_err(query("committing"))
+    }
+
+    /// A customer's profile.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn customer(&mut self, id: &CustomerId) -> Result<Option<Customer>, Error> {
+        let row = sqlx::query("SELECT profile FROM customers WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(query("reading a customer"))?;
+        row.map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(decode("a customer profile")))
+            .transpose()
+    }
+
+    /// Creates or replaces a customer's profile.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn put_customer(&mut self, customer: &Customer, now: Timestamp) -> Result<(), Error> {
+        let profile = serde_json::to_string(customer).expect("a customer always serializes");
+        sqlx::query(
+            "INSERT INTO customers (id, profile, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT (id) DO UPDATE SET profile = excluded.profile, updated_at = excluded.updated_at",
+        )
+        .bind(customer.id.as_str())
+        .bind(profile)
+        .bind(millis(now))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("writing a customer"))?;
+        Ok(())
+    }
+
+    /// Stores an event for a customer, creating a minimal profile for an unknown customer.
+    /// An event whose id was seen before is not stored again.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn insert_event(
+        &mut self,
+        customer_id: &CustomerId,
+        event: &Event,
+        now: Timestamp,
+    ) -> Result<Inserted, Error> {
+        let minimal = serde_json::to_string(&Customer::minimal(customer_id.clone()))
+            .expect("a customer always serializes");
+        sqlx::query("INSERT OR IGNORE INTO customers (id, profile, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)")
+            .bind(customer_id.as_str())
+            .bind(minimal)
+            .bind(millis(now))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query("creating a minimal customer"))?;
+        let properties =
+            serde_json::to_string(&event.properties).expect("a JSON map always serializes");
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO events (id, customer_id, name, at, properties, received_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(event.id.as_ref().map(EventId::as_str))
+        .bind(customer_id.as_str())
+        .bind(&event.name)
+        .bind(millis(event.timestamp))
+        .bind(properties)
+        .bind(millis(now))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("storing an event"))?;
+        Ok(if done.rows_affected() == 0 {
+            Inserted::Duplicate
+        } else {
+            Inserted::Accepted
+        })
+    }
+
+    /// Up to `limit` events not yet processed, in arrival order.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn pending_events(&mut self, limit: u32) -> Result<Vec<StoredEvent>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, name, at, properties, seq, customer_id FROM events WHERE processed = 0 ORDER BY seq LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query("reading pending events"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    seq: r.get(4),
+                    customer_id: CustomerId::parse(r.get::<String, _>(5))
+                        .map_err(|e| decode("a customer id")(serde::de::Error::custom(e)))?,
+                    event: event_from_row(r)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks an event processed.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn mark_processed(&mut self, seq: i64) -> Result<(), Error> {
+        sqlx::query("UPDATE events SET processed = 1 WHERE seq = ?")
+            .bind(seq)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query("marking an event processed"))?;
+        Ok(())
+    }
+
+    /// The customer's events since `since` (all of them when `None`), oldest first.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn history(
+        &mut self,
+        id: &CustomerId,
+        since: Option<Timestamp>,
+    ) -> Result<Vec<Event>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, name, at, properties FROM events WHERE customer_id = ? AND at >= ? ORDER BY at, seq",
+        )
+        .bind(id.as_str())
+        .bind(since.map_or(i64::MIN, millis))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query("reading event history"))?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// The customer's active enrollments.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn active_enrollments(&mut self, id: &CustomerId) -> Result<Vec<Enrollment>, Error> {
+        let rows = sqlx::query("SELECT state FROM enrollments WHERE customer_id = ? AND active = 1 ORDER BY entered_at, id")
+            .bind(id.as_str())
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(query("reading active enrollments"))?;
+        rows.iter()
+            .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(decode("an enrollment")))
+            .collect()
+    }
+
+    /// When the customer last entered the workflow, if ever.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn last_entered(
+        &mut self,
+        workflow_id: &str,
+        id: &CustomerId,
+    ) -> Result<Option<Timestamp>, Error> {
+        let row = sqlx::query(
+            "SELECT MAX(entered_at) FROM enrollments WHERE workflow_id = ? AND customer_id = ?",
+        )
+        .bind(workflow_id)
+        .bind(id.as_str())
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(query("reading past entries"))?;
+        Ok(row.get::<Option<i64>, _>(0).map(from_millis))
+    }
+
+    /// Up to `limit` active enrollments due at `now`, of workflows not paused.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn due_enrollments(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Enrollment>, Error> {
+        let rows = sqlx::query(
+            "SELECT e.state FROM enrollments e JOIN workflows w ON w.id = e.workflow_id
+             WHERE e.active = 1 AND e.wake_at <= ? AND w.paused = 0 ORDER BY e.wake_at LIMIT ?",
+        )
+        .bind(millis(now))
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query("claiming due enrollments"))?;
+        rows.iter()
+            .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(decode("an enrollment")))
+            .collect()
+    }
+
+    /// Writes an enrollment's state.
+    ///
+    /// # Errors
+    /// On a database error, such as a second active enrollment in the same workflow.
+    pub async fn save_enrollment(&mut self, e: &Enrollment, now: Timestamp) -> Result<(), Error> {
+        let state = serde_json::to_string(e).expect("an enrollment always serializes");
+        sqlx::query(
+            "INSERT INTO enrollments (id, workflow_id, workflow_version, customer_id, active, node, wake_at, state, entered_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (id) DO UPDATE SET active = excluded.active, node = excluded.node,
+               wake_at = excluded.wake_at, state = excluded.state, updated_at = excluded.updated_at",
+        )
+        .bind(&e.id)
+        .bind(e.workflow_id.as_str())
+        .bind(&e.workflow_version)
+        .bind(e.customer_id.as_str())
+        .bind(e.is_active())
+        .bind(e.current_node().map(|n| n.as_str()))
+        .bind(e.next_wake().map(millis))
+        .bind(state)
+        .bind(millis(e.entered_at))
+        .bind(millis(now))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("writing an enrollment"))?;
+        Ok(())
+    }
+
+    /// Adds a message to the outbox; a message whose key exists already is left as it is.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn insert_message(&mut self, m: &NewMessage, now: Timestamp) -> Result<(), Error> {
+        let payload = serde_json::to_string(&m.payload).expect("a payload always serializes");
+        sqlx::query(
+            "INSERT OR IGNORE INTO messages (key, enrollment_id, workflow_id, node, customer_id, channel, template, status, payload, next_attempt_at, last_error, created_at, updated_at, category)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?10, ?12)",
+        )
+        .bind(&m.key)
+        .bind(&m.enrollment_id)
+        .bind(&m.workflow_id)
+        .bind(&m.node)
+        .bind(&m.customer_id)
+        .bind(m.payload.channel_name())
+        .bind(&m.template)
+        .bind(m.status.as_str())
+        .bind(payload)
+        .bind(millis(now))
+        .bind(&m.note)
+        .bind(if m.transactional { "transactional" } else { "marketing" })
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("writing an outbox message"))?;
+        Ok(())
+    }
+
+    /// Records a conversion.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn record_conversion(&mut self, c: &Conversion, now: Timestamp) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO conversions (enrollment_id, workflow_id, customer_id, event, value, arm, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&c.enrollment_id)
+        .bind(&c.workflow_id)
+        .bind(&c.customer_id)
+        .bind(&c.event)
+        .bind(c.value)
+        .bind(&c.arm)
+        .bind(millis(now))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("recording a conversion"))?;
+        Ok(())
+    }
+
+    /// Records a loaded workflow version and makes it current; keeps the paused flag.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn register_workflow(
+        &mut self,
+        id: &str,
+        version: &str,
+        source: &str,
+        path: &str,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        sqlx::query("INSERT OR IGNORE INTO workflow_versions (workflow_id, version, source, path, loaded_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(id)
+            .bind(version)
+            .bind(source)
+            .bind(path)
+            .bind(millis(now))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query("recording a workflow version"))?;
+        sqlx::query(
+            "INSERT INTO workflows (id, current_version) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET current_version = excluded.current_version",
+        )
+        .bind(id)
+        .bind(version)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("recording a workflow"))?;
+        Ok(())
+    }
+
+    /// Pauses or resumes a workflow; false when no such workflow is known.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn set_paused(&mut self, id: &str, paused: bool) -> Result<bool, Error> {
+        let done = sqlx::query("UPDATE workflows SET paused = ? WHERE id = ?")
+            .bind(paused)
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query("pausing a workflow"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Cancels the customer's queued marketing messages on `channel` (after an opt-out).
+    /// Transactional messages, which need no marketing consent, stay.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn cancel_pending(
+        &mut self,
+        id: &CustomerId,
+        channel: crate::model::Channel,
+        now: Timestamp,
+    ) -> Result<u64, Error> {
+        let done = sqlx::query(
+            "UPDATE messages SET status = 'cancelled', last_error = 'the customer unsubscribed', updated_at = ?3
+             WHERE customer_id = ?1 AND channel = ?2 AND status = 'pending' AND category = 'marketing'",
+        )
+        .bind(id.as_str())
+        .bind(channel.as_str())
+        .bind(millis(now))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("cancelling queued messages"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Erases a customer's personal data: the profile goes, events keep their name and
+    /// time under an anonymous id, pending messages are cancelled, message bodies are
+    /// cleared, active enrollments end. Counts survive. False when there was no such customer.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn erase_customer(&mut self, id: &CustomerId, now: Timestamp) -> Result<bool, Error> {
+        let anonymous = format!(
+            "erased-{}",
+            crate::engine::hash::hex_digest(&[id.as_str()], 16)
+        );
+        let gone = sqlx::query("DELETE FROM customers WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query("erasing a customer"))?
+            .rows_affected()
+            > 0;
+        let statements = [
+            "UPDATE events SET customer_id = ?2, properties = '{}', id = NULL WHERE customer_id = ?1",
+            "UPDATE messages SET status = 'cancelled', updated_at = ?3 WHERE customer_id = ?1 AND status IN ('pending', 'sending')",
+            "UPDATE messages SET customer_id = ?2, payload = '{\"channel\":\"none\"}' WHERE customer_id = ?1",
+            "UPDATE enrollments SET customer_id = ?2, active = 0, wake_at = NULL, node = NULL, state = '{}' WHERE customer_id = ?1",
+            "UPDATE conversions SET customer_id = ?2 WHERE customer_id = ?1",
+        ];
+        for sql in statements {
+            sqlx::query(sql)
+                .bind(id.as_str())
+                .bind(&anonymous)
+                .bind(millis(now))
+                .execute(&mut *self.tx)
+                .await
+                .map_err(query("erasing a customer's data"))?;
+        }
+        Ok(gone)
+    }
+}
