@@ -26,7 +26,19 @@ pub struct EventIn {
     #[serde(default)]
     pub properties: Properties,
     /// When it happened; default: when it arrived.
+    #[serde(default, deserialize_with = "rfc3339")]
     pub timestamp: Option<Timestamp>,
+}
+
+fn rfc3339<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "timestamp {text:?} is not RFC 3339, such as \"2026-03-02T15:00:00Z\""
+        ))
+    })
 }
 
 impl EventIn {

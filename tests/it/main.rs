@@ -1,9 +1,12 @@
 //! Black-box tests, one binary: the examples' timelines, the validator's messages, the
 //! command line, engine properties, and tidiness checks on the repository itself.
 
+mod api;
+mod app;
 mod cli;
 mod engine;
 mod engine_props;
 mod helpers;
+mod runtime;
 mod simulate;
 mod tidy;

@@ -1,0 +1,327 @@
+//! The runtime in-process for black-box tests: a real SQLite file, the real scheduler and
+//! dispatcher driven with a manual clock, the API through `Router::oneshot`, and real local
+//! servers for SMTP (aiosmtpd) and a Twilio-shaped SMS API.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use clap::Parser;
+use jiff::{SignedDuration, Timestamp};
+use serde_json::Value;
+use tower::ServiceExt;
+use trellis::channels::dispatch::{self, DrainReport};
+use trellis::cli::serve::{Service, build};
+use trellis::clock::{Clock, ManualClock};
+use trellis::config::ServeConfig;
+use trellis::scheduler::{self, TickReport};
+
+use crate::helpers::root;
+
+/// The bearer token test apps use.
+pub const TOKEN: &str = "test-token";
+
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    config: ServeConfig,
+}
+
+/// A running app.
+pub struct TestApp {
+    pub service: Service,
+    pub clock: Arc<ManualClock>,
+    pub router: Router,
+    pub outbox: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the app on a fresh database with the shipped workflows and templates, plus
+/// `extra` flags (such as `--smtp-url`).
+pub async fn spawn_app(extra: &[&str]) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("trellis.db").display());
+    let outbox = dir.path().join("outbox");
+    let mut args: Vec<String> = [
+        "trellis",
+        "--database-url",
+        &db_url,
+        "--api-token",
+        TOKEN,
+        "--public-url",
+        "https://trellis.test",
+        "--outbox",
+        outbox.to_str().unwrap(),
+        "--workflows",
+        root().join("workflows").to_str().unwrap(),
+        "--templates",
+        root().join("templates").to_str().unwrap(),
+        "--from",
+        "Acme <news@acme.test>",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let config = Flags::try_parse_from(args)
+        .expect("test flags parse")
+        .config;
+    let clock = Arc::new(ManualClock::new("2026-03-02T15:00:00Z".parse().unwrap()));
+    let service = build(&config, clock.clone()).await.expect("the app builds");
+    let router = trellis::api::router(service.api.clone());
+    TestApp {
+        service,
+        clock,
+        router,
+        outbox,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: SignedDuration) {
+        self.clock.set(self.now().checked_add(by).unwrap());
+    }
+
+    /// A request with the token; returns the status and the JSON body (or Null).
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.raw(
+            method,
+            path,
+            Some(TOKEN),
+            "application/json",
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )
+        .await
+    }
+
+    /// A request with full control over token, content type and body.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: String,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", content_type);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+        )
+    }
+
+    /// Runs the scheduler and the dispatcher at the current time until neither has work.
+    pub async fn settle(&self) -> (TickReport, DrainReport) {
+        let mut ticks = TickReport::default();
+        let mut drains = DrainReport::default();
+        for _ in 0..50 {
+            let t = scheduler::tick(&self.service.scheduler, self.now())
+                .await
+                .unwrap();
+            let d = dispatch::drain(&self.service.dispatcher, self.now())
+                .await
+                .unwrap();
+            ticks.events += t.events;
+            ticks.woken += t.woken;
+            ticks.messages += t.messages;
+            ticks.next_wake = t.next_wake;
+            drains.sent += d.sent;
+            drains.retried += d.retried;
+            drains.failed += d.failed;
+            if t.events + t.woken == 0 && d.attempted() == 0 {
+                break;
+            }
+        }
+        (ticks, drains)
+    }
+
+    /// Files in the outbox folder, sorted.
+    pub fn outbox_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.outbox)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+/// A real SMTP server (aiosmtpd) in a child process.
+pub struct SmtpSink {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl SmtpSink {
+    pub fn start() -> SmtpSink {
+        let dir = tempfile::tempdir().unwrap();
+        let python = std::env::var("TRELLIS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(python)
+            .arg(root().join("tests/support/smtp_sink.py"))
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (aiosmtpd is installed by .ci/run)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("the SMTP sink did not start: {line:?} (pip install aiosmtpd)")
+            });
+        SmtpSink { child, dir, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message received, as raw text, in arrival order.
+    pub fn messages(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect()
+    }
+
+    /// While failing, the server answers 451 to every message.
+    pub fn set_failing(&self, failing: bool) {
+        let flag = self.dir.path().join("FAIL");
+        if failing {
+            std::fs::write(flag, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(flag);
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A well-formed number the Twilio-shaped server refuses with 400, as Twilio does for a
+/// number it cannot reach (error 21211).
+pub const INVALID_NUMBER: &str = "+19999999999";
+
+/// One request received by the Twilio-shaped server.
+#[derive(Debug, Clone)]
+pub struct SmsRequest {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub idempotency: Option<String>,
+    pub form: Vec<(String, String)>,
+}
+
+/// A local HTTP server speaking Twilio's Messages API; answers 503 to the first
+/// `fail_first` requests.
+pub struct TwilioServer {
+    pub base: String,
+    pub received: Arc<Mutex<Vec<SmsRequest>>>,
+}
+
+impl TwilioServer {
+    pub async fn start(fail_first: usize) -> TwilioServer {
+        use axum::extract::{Path, State};
+        use axum::http::HeaderMap;
+        use axum::routing::post;
+        let received: Arc<Mutex<Vec<SmsRequest>>> = Arc::default();
+        let state = (received.clone(), Arc::new(Mutex::new(fail_first)));
+        type S = (Arc<Mutex<Vec<SmsRequest>>>, Arc<Mutex<usize>>);
+        async fn messages(
+            State((received, failures)): State<S>,
+            Path(sid): Path<String>,
+            headers: HeaderMap,
+            body: String,
+        ) -> (StatusCode, String) {
+            {
+                let mut left = failures.lock().unwrap();
+                if *left > 0 {
+                    *left -= 1;
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "{\"message\":\"try later\"}".into(),
+                    );
+                }
+            }
+            let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+                .into_owned()
+                .collect();
+            if form.iter().any(|(k, v)| k == "To" && v == INVALID_NUMBER) {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "{\"code\":21211,\"message\":\"Invalid 'To' Phone Number\"}".into(),
+                );
+            }
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let mut all = received.lock().unwrap();
+            all.push(SmsRequest {
+                path: format!("/2010-04-01/Accounts/{sid}/Messages.json"),
+                authorization: header("authorization"),
+                idempotency: header("i-twilio-idempotency-token"),
+                form,
+            });
+            (
+                StatusCode::CREATED,
+                format!("{{\"sid\":\"SM{:032}\",\"status\":\"queued\"}}", all.len()),
+            )
+        }
+        let app = Router::new()
+            .route("/2010-04-01/Accounts/{sid}/Messages.json", post(messages))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        TwilioServer { base, received }
+    }
+}
