@@ -333,7 +333,9 @@ async fn the_one_click_unsubscribe_stops_a_queued_message_and_a_tampered_token_i
         &"ada".parse_id(),
         trellis::model::Channel::Email,
     );
-    let tampered = format!("{}0", &token[..token.len() - 1]);
+    // Change the signature's last digit to a different one.
+    let last = if token.ends_with('0') { '1' } else { '0' };
+    let tampered = format!("{}{last}", &token[..token.len() - 1]);
     let (status, page) = app
         .raw(
             "POST",
