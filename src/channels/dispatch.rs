@@ -47,7 +47,9 @@ impl DrainReport {
     }
 }
 
-/// Claims the messages due at `now`, delivers them, and records the outcomes.
+/// Claims the messages due at `now`, delivers them concurrently, and records each outcome
+/// as soon as its attempt ends — so a crash re-sends only what was on the wire, never a
+/// message whose success was already known.
 ///
 /// # Errors
 /// A database error. Claimed messages whose outcome was not recorded stay `sending` and are
@@ -55,51 +57,56 @@ impl DrainReport {
 pub async fn drain(ctx: &DispatchCtx, now: Timestamp) -> Result<DrainReport, store::Error> {
     let claimed = ctx.store.claim_messages(now, ctx.batch_size).await?;
     let mut report = DrainReport::default();
-    if claimed.is_empty() {
-        return Ok(report);
-    }
     let mut deliveries = JoinSet::new();
     for message in claimed {
-        let channels = ctx.channels.clone();
+        let ctx = ctx.clone();
         let span =
             info_span!("deliver", message.key = %message.key, workflow.id = %message.workflow_id);
         deliveries.spawn(
             async move {
-                let result = channels.deliver(&message).await;
-                (message, result)
+                let attempt = message.attempts + 1;
+                let outcome = match ctx.channels.deliver(&message).await {
+                    Ok(delivered) => AttemptOutcome::Sent {
+                        provider_id: delivered.provider_id,
+                    },
+                    Err(err) => {
+                        ctx.policy
+                            .decide(&message.key, attempt, message.created_at, &err, now)
+                    }
+                };
+                match &outcome {
+                    AttemptOutcome::Sent { .. } => {}
+                    AttemptOutcome::Retry { reason, .. } => {
+                        warn!(attempt, reason, "Delivery failed; will retry.")
+                    }
+                    AttemptOutcome::Failed { reason } => {
+                        error!(attempt, reason, "Delivery failed for good.")
+                    }
+                }
+                let recorded = ctx
+                    .store
+                    .record_attempts(&[(message.key, attempt, outcome.clone())], now)
+                    .await;
+                recorded.map(|()| outcome)
             }
             .instrument(span),
         );
     }
-    let mut outcomes = Vec::new();
+    let mut first_error = None;
     while let Some(joined) = deliveries.join_next().await {
-        let Ok((message, result)) = joined else {
-            continue; // A panicked delivery stays `sending` and is retried after restart.
-        };
-        let attempt = message.attempts + 1;
-        let outcome = match result {
-            Ok(delivered) => AttemptOutcome::Sent {
-                provider_id: delivered.provider_id,
-            },
-            Err(err) => ctx
-                .policy
-                .decide(&message.key, attempt, message.created_at, &err, now),
-        };
-        match &outcome {
-            AttemptOutcome::Sent { .. } => report.sent += 1,
-            AttemptOutcome::Retry { reason, .. } => {
-                warn!(message.key = %message.key, attempt, reason, "Delivery failed; will retry.");
-                report.retried += 1;
-            }
-            AttemptOutcome::Failed { reason } => {
-                error!(message.key = %message.key, attempt, reason, "Delivery failed for good.");
-                report.failed += 1;
-            }
+        // A panicked delivery stays `sending` and is retried after restart.
+        let Ok(result) = joined else { continue };
+        match result {
+            Ok(AttemptOutcome::Sent { .. }) => report.sent += 1,
+            Ok(AttemptOutcome::Retry { .. }) => report.retried += 1,
+            Ok(AttemptOutcome::Failed { .. }) => report.failed += 1,
+            Err(err) => first_error = first_error.or(Some(err)),
         }
-        outcomes.push((message.key, attempt, outcome));
     }
-    ctx.store.record_attempts(&outcomes, now).await?;
-    Ok(report)
+    match first_error {
+        Some(err) => Err(err),
+        None => Ok(report),
+    }
 }
 
 /// Drains until `shutdown`. A round in progress finishes (its attempts are recorded)
