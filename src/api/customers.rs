@@ -10,29 +10,17 @@ use serde_json::{Map, Value, json};
 
 use super::error::{Body, parse_json};
 use super::{ApiError, AppState};
-use crate::model::{Consent, Customer, CustomerId, PhoneE164, check_zone};
+use crate::model::{Consent, Customer, CustomerId, check_zone};
 
 fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     CustomerId::parse(raw).map_err(|e| ApiError::InvalidField(format!("id: {e}")))
 }
 
 /// Checks and normalises contact fields.
-fn check(mut customer: Customer) -> Result<Customer, ApiError> {
-    if let Some(email) = &customer.email
-        && email.parse::<lettre::Address>().is_err()
-    {
-        return Err(ApiError::InvalidField(format!(
-            "email: {email:?} is not an email address"
-        )));
-    }
-    if let Some(phone) = &customer.phone {
-        customer.phone = Some(
-            PhoneE164::parse(phone)
-                .map_err(|e| ApiError::InvalidField(format!("phone: {e}")))?
-                .to_string(),
-        );
-    }
-    Ok(customer)
+fn check(customer: Customer) -> Result<Customer, ApiError> {
+    customer
+        .normalise_contacts()
+        .map_err(ApiError::InvalidField)
 }
 
 /// `PUT`: the body is the whole profile (without `id`, or with the same `id`).

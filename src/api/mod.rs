@@ -3,7 +3,7 @@
 
 mod customers;
 pub mod error;
-mod events;
+pub mod events;
 mod health;
 mod unsubscribe;
 mod workflows;

@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand. The only place besides `main` that uses
 //! `anyhow`, and the only layer that reads files for the engine and prints.
 
+mod import;
 mod schema;
 pub mod serve;
 mod simulate;
@@ -30,6 +31,8 @@ pub enum Command {
     Simulate(simulate::Args),
     /// Print the JSON Schema of workflow files.
     Schema,
+    /// Load customers or events from a CSV or NDJSON file.
+    Import(import::Args),
 }
 
 /// Runs the parsed command line.
@@ -42,5 +45,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::run(&args),
         Command::Simulate(args) => simulate::run(&args),
         Command::Schema => schema::run(),
+        Command::Import(args) => import::run(&args),
     }
 }

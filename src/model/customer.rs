@@ -96,6 +96,27 @@ impl Customer {
         }
     }
 
+    /// Checks the email address's shape and normalises the phone number to E.164, as the API
+    /// and the importer both require.
+    ///
+    /// # Errors
+    /// A sentence naming the field and what is wrong.
+    pub fn normalise_contacts(mut self) -> Result<Self, String> {
+        if let Some(email) = &self.email
+            && !looks_like_email(email)
+        {
+            return Err(format!("email: {email:?} is not an email address"));
+        }
+        if let Some(phone) = &self.phone {
+            self.phone = Some(
+                super::PhoneE164::parse(phone)
+                    .map_err(|e| format!("phone: {e}"))?
+                    .to_string(),
+            );
+        }
+        Ok(self)
+    }
+
     /// The customer's time zone; UTC when none is set.
     pub fn tz(&self) -> TimeZone {
         self.timezone
@@ -128,6 +149,23 @@ impl Customer {
             _ => lookup_path(&self.attributes, path).cloned(),
         }
     }
+}
+
+/// One `@` between a non-empty local part and a dotted domain, no spaces. The SMTP server
+/// has the last word; this catches typos at the door.
+fn looks_like_email(text: &str) -> bool {
+    let Some((local, domain)) = text.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && local.len() <= 64
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && domain
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '.' || c == '-')
+        && !text.chars().any(char::is_whitespace)
 }
 
 /// Follows a dotted path (`a.b.c`) through nested JSON objects.
@@ -164,6 +202,24 @@ mod tests {
                 .contains("unknown time zone")
         );
         let unknown_key = serde_json::from_str::<Customer>(r#"{"id":"c1","emial":"x@y"}"#);
+        let with = |email: &str| {
+            Customer {
+                email: Some(email.into()),
+                ..ok.clone()
+            }
+            .normalise_contacts()
+        };
+        assert!(with("ada@example.com").is_ok());
+        for bad in [
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "ada@@example.com",
+        ] {
+            assert!(with(bad).is_err(), "{bad} accepted");
+        }
         assert!(unknown_key.unwrap_err().to_string().contains("emial"));
     }
 }

@@ -8,6 +8,7 @@ mod crash;
 mod engine;
 mod engine_props;
 mod helpers;
+mod import;
 mod runtime;
 mod simulate;
 mod tidy;

@@ -1,0 +1,106 @@
+//! `trellis import`: good rows land, bad rows are reported with line and reason.
+
+use std::process::Command;
+
+use trellis::model::CustomerId;
+use trellis::store::{OpenOptions, Store};
+
+fn import(kind: &str, file: &std::path::Path, db: &str) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(["import", kind])
+        .arg(file)
+        .args(["--database-url", db])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_csv_of_customers_imports_the_good_rows_and_names_the_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let csv = dir.path().join("customers.csv");
+    std::fs::write(
+        &csv,
+        "id,email,phone,timezone,consent_email,tags,plan,lifetime_value\n\
+         ada,ada@example.com,+1 415 555 0101,America/New_York,true,vip;beta,pro,120.5\n\
+         bob,not-an-email,,,false,,free,0\n\
+         cy,cy@example.com,,Mars/Olympus,yes,,free,3\n\
+         ,nobody@example.com,,,,,,\n\
+         dee,dee@example.com,,,no,,free,7\n",
+    )
+    .unwrap();
+    let (code, out) = import("customers", &csv, &db);
+    assert_eq!(code, Some(1), "{out}");
+    insta::assert_snapshot!(out.replace(csv.to_str().unwrap(), "customers.csv"), @r#"
+    customers.csv: 5 rows, 2 imported, 0 duplicates, 3 refused
+      line 3: email: "not-an-email" is not an email address
+      line 4: timezone: unknown time zone "Mars/Olympus" (expected an IANA name such as "Europe/Paris")
+      line 5: id is missing
+    "#);
+
+    let store = Store::open(&db, OpenOptions::default()).await.unwrap();
+    let ada = store
+        .customer(&CustomerId::parse("ada").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ada.phone.as_deref(), Some("+14155550101"));
+    assert!(ada.consent.email && ada.tags.contains("vip"));
+    assert_eq!(ada.attributes["plan"], "pro");
+    assert_eq!(ada.attributes["lifetime_value"], 120.5);
+    assert!(
+        store
+            .customer(&CustomerId::parse("dee").unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .customer(&CustomerId::parse("bob").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn ndjson_events_import_with_duplicates_counted_and_bad_lines_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(
+        &file,
+        "{\"id\": \"o1\", \"customer_id\": \"ada\", \"name\": \"order_completed\", \"timestamp\": \"2026-01-05T10:00:00Z\", \"properties\": {\"value\": 20}}\n\
+         {\"id\": \"o1\", \"customer_id\": \"ada\", \"name\": \"order_completed\", \"timestamp\": \"2026-01-05T10:00:00Z\"}\n\
+         {\"customer_id\": \"ada\"}\n\
+         not json\n\
+         {\"id\": \"o2\", \"customer_id\": \"bob\", \"name\": \"order_completed\"}\n",
+    )
+    .unwrap();
+    let (code, out) = import("events", &file, &db);
+    assert_eq!(code, Some(1));
+    insta::assert_snapshot!(out.replace(file.to_str().unwrap(), "events.ndjson"), @"
+    events.ndjson: 5 rows, 2 imported, 1 duplicates, 2 refused
+      line 3: missing field `name`
+      line 4: not JSON: expected ident at line 1 column 2
+    ");
+    let store = Store::open(&db, OpenOptions::default()).await.unwrap();
+    let events = store
+        .recent_events(&CustomerId::parse("ada").unwrap(), 10)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert!(
+        store
+            .customer(&CustomerId::parse("bob").unwrap())
+            .await
+            .unwrap()
+            .is_some(),
+        "a minimal profile for bob"
+    );
+}
