@@ -70,7 +70,8 @@ fn cell_value(text: &str) -> Option<Value> {
     }
 }
 
-fn csv_rows(path: &Path) -> anyhow::Result<Vec<(usize, Map<String, Value>, Map<String, Value>)>> {
+/// The CSV's rows as maps from column name to value, or why a row is unreadable.
+fn csv_rows(path: &Path) -> anyhow::Result<Vec<Row<Map<String, Value>>>> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(false)
         .from_path(path)
@@ -81,29 +82,22 @@ fn csv_rows(path: &Path) -> anyhow::Result<Vec<(usize, Map<String, Value>, Map<S
         .iter()
         .map(|h| h.trim().to_owned())
         .collect();
-    let mut rows = Vec::new();
-    for (i, record) in reader.records().enumerate() {
-        let line = i + 2;
-        let Ok(record) = record else {
-            rows.push((
-                line,
-                Map::new(),
-                Map::from_iter([(
-                    "__error".into(),
-                    Value::from("the row does not have one value per column"),
-                )]),
-            ));
-            continue;
-        };
-        let mut known = Map::new();
-        for (name, text) in headers.iter().zip(record.iter()) {
-            if let Some(value) = cell_value(text) {
-                known.insert(name.clone(), value);
-            }
-        }
-        rows.push((line, known, Map::new()));
-    }
-    Ok(rows)
+    Ok(reader
+        .records()
+        .enumerate()
+        .map(|(i, record)| {
+            let cells = record
+                .map_err(|_| "the row does not have one value per column".to_owned())
+                .map(|record| {
+                    headers
+                        .iter()
+                        .zip(record.iter())
+                        .filter_map(|(name, text)| cell_value(text).map(|v| (name.clone(), v)))
+                        .collect()
+                });
+            (i + 2, cells)
+        })
+        .collect())
 }
 
 fn is_csv(path: &Path) -> bool {
@@ -180,10 +174,7 @@ fn parse_customers(path: &Path) -> anyhow::Result<Vec<Row<Customer>>> {
     if is_csv(path) {
         return Ok(csv_rows(path)?
             .into_iter()
-            .map(|(line, cells, error)| match error.get("__error") {
-                Some(e) => (line, Err(e.as_str().unwrap_or_default().to_owned())),
-                None => (line, customer_from_cells(cells)),
-            })
+            .map(|(line, cells)| (line, cells.and_then(customer_from_cells)))
             .collect());
     }
     Ok(ndjson_rows(path)?
@@ -195,6 +186,21 @@ fn parse_customers(path: &Path) -> anyhow::Result<Vec<Row<Customer>>> {
             (line, customer)
         })
         .collect())
+}
+
+/// An API-shaped event from a CSV row: the known columns, and the rest as properties.
+fn event_from_cells(mut cells: Map<String, Value>) -> Value {
+    let mut event = Map::new();
+    for field in ["id", "customer_id", "name", "timestamp"] {
+        if let Some(v) = cells.remove(field) {
+            event.insert(
+                field.into(),
+                Value::String(v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
+            );
+        }
+    }
+    event.insert("properties".into(), Value::Object(cells));
+    Value::Object(event)
 }
 
 fn parse_events(
@@ -210,22 +216,7 @@ fn parse_events(
     if is_csv(path) {
         return Ok(csv_rows(path)?
             .into_iter()
-            .map(|(line, mut cells, error)| {
-                if let Some(e) = error.get("__error") {
-                    return (line, Err(e.as_str().unwrap_or_default().to_owned()));
-                }
-                let mut event = Map::new();
-                for field in ["id", "customer_id", "name", "timestamp"] {
-                    if let Some(v) = cells.remove(field) {
-                        event.insert(
-                            field.into(),
-                            Value::String(v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
-                        );
-                    }
-                }
-                event.insert("properties".into(), Value::Object(cells));
-                (line, to_event(Value::Object(event)))
-            })
+            .map(|(line, cells)| (line, cells.map(event_from_cells).and_then(to_event)))
             .collect());
     }
     Ok(ndjson_rows(path)?
@@ -307,7 +298,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn split<T>(rows: Vec<Row<T>>) -> (Vec<(usize, String)>, Vec<(usize, T)>) {
+/// A refused row: its line and the reason.
+type Refusal = (usize, String);
+
+fn split<T>(rows: Vec<Row<T>>) -> (Vec<Refusal>, Vec<(usize, T)>) {
     let mut refused = Vec::new();
     let mut good = Vec::new();
     for (line, row) in rows {

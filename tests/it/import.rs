@@ -104,3 +104,32 @@ async fn ndjson_events_import_with_duplicates_counted_and_bad_lines_refused() {
         "a minimal profile for bob"
     );
 }
+
+#[tokio::test]
+async fn csv_events_take_their_extra_columns_as_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let file = dir.path().join("orders.csv");
+    std::fs::write(
+        &file,
+        "id,customer_id,name,timestamp,value,currency\n\
+         o1,ada,order_completed,2026-01-05T10:00:00Z,59.9,EUR\n\
+         o2,ada,order_completed,last tuesday,10,EUR\n",
+    )
+    .unwrap();
+    let (code, out) = import("events", &file, &db);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("2 rows, 1 imported, 0 duplicates, 1 refused")
+            && out.contains("line 3: timestamp \"last tuesday\" is not RFC 3339"),
+        "{out}"
+    );
+    let store = Store::open(&db, OpenOptions::default()).await.unwrap();
+    let events = store
+        .recent_events(&CustomerId::parse("ada").unwrap(), 10)
+        .await
+        .unwrap();
+    assert_eq!(events[0].properties["value"], 59.9);
+    assert_eq!(events[0].properties["currency"], "EUR");
+    assert_eq!(events[0].timestamp.to_string(), "2026-01-05T10:00:00Z");
+}
