@@ -68,6 +68,8 @@ CREATE TABLE messages (
     next_attempt_at  INTEGER,
     last_error       TEXT,
     provider_id      TEXT,
+    delivery_status  TEXT,                  -- from provider delivery reports: delivered, undelivered, …
+    delivery_is_final INTEGER NOT NULL DEFAULT 0, -- a final report is never replaced by an interim one
     created_at       INTEGER NOT NULL,
     updated_at       INTEGER NOT NULL,
     sent_at          INTEGER

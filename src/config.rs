@@ -101,6 +101,15 @@ pub struct ServeConfig {
     /// Twilio auth token.
     #[arg(long, env = "TRELLIS_TWILIO_AUTH_TOKEN")]
     pub twilio_auth_token: Option<Secret>,
+    /// Kannel smsbox base URL (e.g. `http://127.0.0.1:13013`); SMS goes through Kannel when set.
+    #[arg(long, env = "TRELLIS_KANNEL_URL")]
+    pub kannel_url: Option<String>,
+    /// Kannel `sendsms-user` username.
+    #[arg(long, env = "TRELLIS_KANNEL_USERNAME", default_value = "trellis")]
+    pub kannel_username: String,
+    /// Kannel `sendsms-user` password.
+    #[arg(long, env = "TRELLIS_KANNEL_PASSWORD")]
+    pub kannel_password: Option<Secret>,
     /// The number SMS are sent from, E.164.
     #[arg(long, env = "TRELLIS_SMS_FROM", default_value = "+15005550006")]
     pub sms_from: String,

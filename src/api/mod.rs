@@ -5,6 +5,7 @@ mod customers;
 pub mod error;
 pub mod events;
 mod health;
+mod kannel;
 mod unsubscribe;
 mod workflows;
 
@@ -68,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(health::openapi));
     Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/kannel/dlr", get(kannel::report).post(kannel::report))
         .route(
             "/unsubscribe/{token}",
             get(unsubscribe::confirm).post(unsubscribe::unsubscribe),

@@ -64,6 +64,19 @@ pub async fn drain(ctx: &DispatchCtx, now: Timestamp) -> Result<DrainReport, sto
             info_span!("deliver", message.key = %message.key, workflow.id = %message.workflow_id);
         deliveries.spawn(
             async move {
+                // Held until the outcome is recorded: see `Channels::limit_for`.
+                let Ok(_permit) = ctx
+                    .channels
+                    .limit_for(&message.payload)
+                    .clone()
+                    .acquire_owned()
+                    .await
+                else {
+                    return Ok(AttemptOutcome::Retry {
+                        next_attempt_at: now,
+                        reason: "shutting down".into(),
+                    });
+                };
                 let attempt = message.attempts + 1;
                 let outcome = match ctx.channels.deliver(&message).await {
                     Ok(delivered) => AttemptOutcome::Sent {

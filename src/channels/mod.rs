@@ -6,6 +6,7 @@ pub mod dispatch;
 pub mod email;
 pub mod outbox_dir;
 pub mod retry;
+pub mod sms_kannel;
 pub mod sms_twilio;
 pub mod webhook;
 
@@ -73,6 +74,8 @@ pub enum EmailSink {
 pub enum SmsSink {
     /// A Twilio-compatible HTTP API.
     Twilio(sms_twilio::TwilioChannel),
+    /// A Kannel gateway.
+    Kannel(sms_kannel::KannelChannel),
     /// JSON files in a folder.
     Dir(outbox_dir::OutboxDir),
 }
@@ -91,17 +94,19 @@ pub struct Channels {
 }
 
 impl Channels {
-    /// Makes one delivery attempt, within the channel's concurrency limit.
-    pub async fn deliver(&self, message: &OutboxMessage) -> Result<Delivered, DeliveryError> {
-        let limit = match &message.payload {
+    /// The concurrency limit of the message's channel. The dispatcher holds a permit from
+    /// before the attempt until its outcome is recorded, so at most this many messages per
+    /// channel are ever between "sent" and "recorded as sent".
+    pub fn limit_for(&self, payload: &Payload) -> &Arc<Semaphore> {
+        match payload {
             Payload::Email { .. } => &self.limits[0],
             Payload::Sms { .. } => &self.limits[1],
             Payload::Webhook { .. } | Payload::None => &self.limits[2],
-        };
-        let _permit = limit
-            .acquire()
-            .await
-            .map_err(|_| DeliveryError::transient("shutting down"))?;
+        }
+    }
+
+    /// Makes one delivery attempt. The caller holds the channel's permit ([`Channels::limit_for`]).
+    pub async fn deliver(&self, message: &OutboxMessage) -> Result<Delivered, DeliveryError> {
         match &message.payload {
             Payload::Email { .. } => match &self.email {
                 EmailSink::Smtp(smtp) => smtp.send(&message.key, &message.payload).await,
@@ -112,6 +117,7 @@ impl Channels {
             },
             Payload::Sms { to, body } => match &self.sms {
                 Some(SmsSink::Twilio(twilio)) => twilio.send(&message.key, to, body).await,
+                Some(SmsSink::Kannel(kannel)) => kannel.send(&message.key, to, body).await,
                 Some(SmsSink::Dir(dir)) => dir.write(&message.key, &message.payload, None).await,
                 None => Err(DeliveryError::transient("no SMS provider is configured")),
             },

@@ -15,6 +15,7 @@ use crate::channels::dispatch::{self, DispatchCtx};
 use crate::channels::email::SmtpChannel;
 use crate::channels::outbox_dir::OutboxDir;
 use crate::channels::retry::RetryPolicy;
+use crate::channels::sms_kannel::KannelChannel;
 use crate::channels::sms_twilio::TwilioChannel;
 use crate::channels::webhook::{Allowlist, WebhookChannel};
 use crate::channels::{Channels, EmailSink, SmsSink};
@@ -25,7 +26,7 @@ use crate::store::{OpenOptions, Store};
 use crate::workflow::validate::check_paths;
 
 /// Builds the channels the configuration asks for.
-fn channels(config: &ServeConfig) -> anyhow::Result<Channels> {
+fn channels(config: &ServeConfig, key: &Secret) -> anyhow::Result<Channels> {
     let outbox = || OutboxDir::new(&config.outbox, Some(config.from.clone()));
     let email = match &config.smtp_url {
         Some(url) => EmailSink::Smtp(
@@ -35,6 +36,24 @@ fn channels(config: &ServeConfig) -> anyhow::Result<Channels> {
         None => EmailSink::Dir(outbox()),
     };
     let sms = match (&config.twilio_account_sid, &config.twilio_auth_token) {
+        _ if config.kannel_url.is_some() => {
+            let url = config.kannel_url.as_deref().unwrap_or_default();
+            let password = config
+                .kannel_password
+                .clone()
+                .context("set TRELLIS_KANNEL_PASSWORD with TRELLIS_KANNEL_URL")?;
+            Some(SmsSink::Kannel(
+                KannelChannel::new(
+                    url,
+                    &config.kannel_username,
+                    password,
+                    &config.sms_from,
+                    &config.public_url,
+                    key.clone(),
+                )
+                .map_err(anyhow::Error::msg)?,
+            ))
+        }
         (Some(sid), Some(token)) => Some(SmsSink::Twilio(
             TwilioChannel::new(
                 &config.twilio_base_url,
@@ -137,7 +156,7 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
     let unsubscribe_key: Arc<[u8]> = Arc::from(key.expose().as_bytes());
     let scheduler_nudge = Arc::new(Notify::new());
     let outbox_nudge = Arc::new(Notify::new());
-    let channels = Arc::new(channels(config)?);
+    let channels = Arc::new(channels(config, &key)?);
     Ok(Service {
         scheduler: SchedulerCtx {
             store: store.clone(),

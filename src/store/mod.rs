@@ -295,6 +295,8 @@ pub struct MessageView {
     pub last_error: Option<String>,
     /// The provider's id.
     pub provider_id: Option<String>,
+    /// The last delivery report, such as `delivered`.
+    pub delivery_status: Option<String>,
     /// When it was written.
     pub created_at: Timestamp,
     /// When it was accepted by the provider.

@@ -177,7 +177,7 @@ impl Store {
     /// On a database error.
     pub async fn messages_of(&self, id: &CustomerId) -> Result<Vec<MessageView>, Error> {
         let rows = sqlx::query(
-            "SELECT key, workflow_id, node, channel, template, status, attempts, last_error, provider_id, created_at, sent_at
+            "SELECT key, workflow_id, node, channel, template, status, attempts, last_error, provider_id, created_at, sent_at, delivery_status
              FROM messages WHERE customer_id = ? ORDER BY created_at DESC, key",
         )
         .bind(id.as_str())
@@ -198,6 +198,7 @@ impl Store {
                 provider_id: r.get(8),
                 created_at: from_millis(r.get(9)),
                 sent_at: r.get::<Option<i64>, _>(10).map(from_millis),
+                delivery_status: r.get(11),
             })
             .collect())
     }
@@ -763,6 +764,49 @@ impl Tx {
             .await
             .map_err(query("pausing a workflow"))?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Records a provider's delivery report; a failure report also sets the last error.
+    /// Reports can arrive out of order (a gateway sends each as its own request), so an
+    /// interim report (`final_report` false) never replaces a final one. False when no
+    /// message has that key.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn record_delivery_report(
+        &mut self,
+        key: &str,
+        status: &str,
+        report: crate::channels::sms_kannel::Report,
+        now: Timestamp,
+    ) -> Result<bool, Error> {
+        let known = sqlx::query("SELECT 1 FROM messages WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(query("finding a message"))?
+            .is_some();
+        sqlx::query(
+            "UPDATE messages SET delivery_status = ?2, updated_at = ?3,
+               last_error = CASE WHEN ?4 THEN 'delivery report: ' || ?2 ELSE last_error END
+             WHERE key = ?1 AND (?5 OR delivery_status IS NULL OR delivery_is_final = 0)",
+        )
+        .bind(key)
+        .bind(status)
+        .bind(millis(now))
+        .bind(report.failed)
+        .bind(report.is_final)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("recording a delivery report"))?;
+        if report.is_final {
+            sqlx::query("UPDATE messages SET delivery_is_final = 1 WHERE key = ?")
+                .bind(key)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(query("recording a delivery report"))?;
+        }
+        Ok(known)
     }
 
     /// Cancels the customer's queued marketing messages on `channel` (after an opt-out).

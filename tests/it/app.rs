@@ -26,6 +26,7 @@ use crate::helpers::root;
 pub const TOKEN: &str = "test-token";
 
 #[derive(Parser)]
+#[command(args_override_self = true)]
 struct Flags {
     #[command(flatten)]
     config: ServeConfig,
@@ -324,4 +325,134 @@ impl TwilioServer {
         tokio::spawn(async move { axum::serve(listener, app).await });
         TwilioServer { base, received }
     }
+}
+
+/// A real Kannel gateway: bearerbox, smsbox and fakesmsc (a fake SMS centre) on free ports.
+pub struct KannelGateway {
+    children: Vec<Child>,
+    pub dir: tempfile::TempDir,
+    pub sendsms_port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("nothing listens on port {port}");
+}
+
+impl KannelGateway {
+    pub fn start(password: &str) -> KannelGateway {
+        let bearerbox = "/usr/sbin/bearerbox";
+        assert!(
+            std::path::Path::new(bearerbox).exists(),
+            "Kannel is not installed: apt-get install kannel kannel-extras (.ci/run does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (admin, smsbox, smsc, sendsms) = (free_port(), free_port(), free_port(), free_port());
+        let d = dir.path().display();
+        let conf = format!(
+            "group = core\nadmin-port = {admin}\nadmin-password = adminpw\nsmsbox-port = {smsbox}\nbox-allow-ip = 127.0.0.1\n\
+             log-file = {d}/bearerbox.log\nlog-level = 1\ndlr-storage = internal\n\n\
+             group = smsc\nsmsc = fake\nsmsc-id = fake\nport = {smsc}\nconnect-allow-ip = 127.0.0.1\n\n\
+             group = smsbox\nbearerbox-host = 127.0.0.1\nbearerbox-port = {smsbox}\nsendsms-port = {sendsms}\nlog-file = {d}/smsbox.log\nlog-level = 1\n\n\
+             group = sendsms-user\nusername = trellis\npassword = {password}\nconcatenation = true\nmax-messages = 5\n\n\
+             group = sms-service\nkeyword = default\ntext = \"ok\"\ncatch-all = true\n"
+        );
+        let conf_path = dir.path().join("kannel.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let quiet = || (Stdio::null(), Stdio::null());
+        let (o, e) = quiet();
+        let mut children = vec![
+            Command::new(bearerbox)
+                .arg(&conf_path)
+                .stdout(o)
+                .stderr(e)
+                .spawn()
+                .unwrap(),
+        ];
+        wait_for_port(smsbox);
+        let (o, e) = quiet();
+        children.push(
+            Command::new("/usr/sbin/smsbox")
+                .arg(&conf_path)
+                .stdout(o)
+                .stderr(e)
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_port(smsc);
+        // fakesmsc stays connected while it has mobile-originated messages left to send; it
+        // sends one now and the next in an hour, and logs every message it receives.
+        let log = std::fs::File::create(dir.path().join("fakesmsc.log")).unwrap();
+        children.push(
+            Command::new("/usr/lib/kannel/test/fakesmsc")
+                .args([
+                    "-H",
+                    "127.0.0.1",
+                    "-r",
+                    &smsc.to_string(),
+                    "-i",
+                    "3600",
+                    "-m",
+                    "2",
+                    "100 200 text ping",
+                ])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_port(sendsms);
+        KannelGateway {
+            children,
+            dir,
+            sendsms_port: sendsms,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.sendsms_port)
+    }
+
+    /// Messages the fake SMS centre received from `from`: `(to, rest of the line)`.
+    pub fn received_from(&self, from: &str) -> Vec<(String, String)> {
+        let log = std::fs::read_to_string(self.dir.path().join("fakesmsc.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| l.split_once("Got message ").map(|(_, rest)| rest))
+            .filter_map(|rest| rest.split_once(": <").map(|(_, m)| m.trim_end_matches('>')))
+            .filter_map(|m| {
+                let mut parts = m.splitn(3, ' ');
+                let (sender, to, rest) = (parts.next()?, parts.next()?, parts.next()?);
+                (sender == from).then(|| (to.to_owned(), rest.to_owned()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for KannelGateway {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Serves the app's router on a real port, for callbacks from outside (Kannel's DLRs).
+pub async fn serve_on(router: Router, listener: std::net::TcpListener) {
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
 }

@@ -9,6 +9,7 @@ mod engine;
 mod engine_props;
 mod helpers;
 mod import;
+mod kannel;
 mod runtime;
 mod simulate;
 mod tidy;
