@@ -45,6 +45,12 @@ pub struct TestApp {
 /// `extra` flags (such as `--smtp-url`).
 pub async fn spawn_app(extra: &[&str]) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
+    spawn_app_in(dir, extra).await
+}
+
+/// Starts the app with its database in `dir` (kept alive by the app); later flags in `extra`
+/// override the defaults, such as `--workflows`.
+pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[&str]) -> TestApp {
     let db_url = format!("sqlite://{}", dir.path().join("trellis.db").display());
     let outbox = dir.path().join("outbox");
     let mut args: Vec<String> = [

@@ -10,6 +10,7 @@ mod engine_props;
 mod helpers;
 mod import;
 mod kannel;
+mod lifecycle;
 mod runtime;
 mod simulate;
 mod tidy;
