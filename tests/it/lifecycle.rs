@@ -212,9 +212,12 @@ async fn sigterm_stops_the_service_cleanly() {
     );
 }
 
+/// (customer id from the path, Idempotency-Key header, JSON body)
+type HookCall = (String, Option<String>, Value);
+
 #[tokio::test]
 async fn a_webhook_node_calls_an_allowlisted_local_endpoint_with_the_rendered_body_and_key() {
-    let received: Arc<Mutex<Vec<(String, Option<String>, Value)>>> = Arc::default();
+    let received: Arc<Mutex<Vec<HookCall>>> = Arc::default();
     let sink = received.clone();
     let hook = Router::new().route(
         "/hooks/{id}",
