@@ -128,4 +128,64 @@ pub struct ServeConfig {
     /// Largest request body the API takes, in bytes.
     #[arg(long, env = "TRELLIS_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,
+    /// Quiet hours, caps, default time zone.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// Send-time controls, shared by `serve` and `simulate` so a simulation shows live timing.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Quiet hours for SMS in the customer's local time: START-END, or `none`.
+    #[arg(long, env = "TRELLIS_QUIET_HOURS_SMS", default_value = "21:00-08:00")]
+    pub quiet_hours_sms: String,
+    /// Quiet hours for email: START-END, or `none`.
+    #[arg(long, env = "TRELLIS_QUIET_HOURS_EMAIL", default_value = "none")]
+    pub quiet_hours_email: String,
+    /// A message due in quiet hours: `delay` it until they end, or `drop` it.
+    #[arg(long, env = "TRELLIS_QUIET_HOURS_MODE", default_value = "delay")]
+    pub quiet_hours_mode: crate::engine::policy::Overflow,
+    /// Frequency caps across workflows, CHANNEL=MAX/WINDOW, comma-separated (e.g. `sms=1/1d,email=3/7d`).
+    #[arg(long, env = "TRELLIS_CAPS", value_delimiter = ',')]
+    pub caps: Vec<String>,
+    /// A message over a cap: `delay` it until the cap allows, or `drop` it.
+    #[arg(long, env = "TRELLIS_CAP_MODE", default_value = "delay")]
+    pub cap_mode: crate::engine::policy::Overflow,
+    /// The time zone of customers who have none (IANA name).
+    #[arg(long, env = "TRELLIS_DEFAULT_TIMEZONE", default_value = "UTC")]
+    pub default_timezone: String,
+}
+
+impl PolicyArgs {
+    /// The policy these settings describe.
+    ///
+    /// # Errors
+    /// A sentence naming the setting that does not parse.
+    pub fn to_policy(&self) -> Result<crate::engine::policy::SendPolicy, String> {
+        let quiet =
+            |name: &str, text: &str| -> Result<Option<crate::workflow::QuietHours>, String> {
+                if text.trim() == "none" {
+                    Ok(None)
+                } else {
+                    text.parse().map(Some).map_err(|e| format!("{name}: {e}"))
+                }
+            };
+        Ok(crate::engine::policy::SendPolicy {
+            quiet_email: quiet("--quiet-hours-email", &self.quiet_hours_email)?,
+            quiet_sms: quiet("--quiet-hours-sms", &self.quiet_hours_sms)?,
+            quiet_mode: self.quiet_hours_mode,
+            caps: self
+                .caps
+                .iter()
+                .filter(|c| !c.trim().is_empty())
+                .map(|c| c.parse())
+                .collect::<Result<_, String>>()
+                .map_err(|e| format!("--caps: {e}"))?,
+            cap_mode: self.cap_mode,
+            default_timezone: Some(
+                crate::model::check_zone(&self.default_timezone)
+                    .map_err(|e| format!("--default-timezone: {e}"))?,
+            ),
+        })
+    }
 }

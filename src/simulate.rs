@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::engine::entry::{
     EntryDecision, PastEntries, enrolls_on_event, in_audience, may_enter, next_fire,
 };
+use crate::engine::policy::SendPolicy;
 use crate::engine::{Effect, Enrollment, Facts, Input, Step, apply_update, condition::Scope, step};
 use crate::model::{Channel, Customer, Event};
 use crate::template::{Templates, render_context};
@@ -32,13 +33,16 @@ const MAX_MOMENTS: usize = 100_000;
 /// How many lines of a message body the timeline shows.
 const PREVIEW_LINES: usize = 3;
 
-/// When the simulation starts and stops.
-#[derive(Debug, Clone, Copy, Default)]
+/// When the simulation starts and stops, and the send-time rules in force.
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Start; default: the first event's time.
     pub start: Option<Timestamp>,
     /// Stop; default: 30 days after the start or the last event, whichever is later.
     pub until: Option<Timestamp>,
+    /// Quiet hours, caps, default time zone (none by default here; the CLI applies the
+    /// same defaults as `serve`).
+    pub policy: SendPolicy,
 }
 
 /// Why a simulation could not run.
@@ -105,6 +109,12 @@ impl Line {
             }
             "send" => format!("{} {} to {}", f("channel"), f("template"), f("to")),
             "suppressed" => format!("{} not sent: {}", f("channel"), f("reason")),
+            "held" => format!(
+                "{} held until {} ({})",
+                f("channel"),
+                f("until"),
+                f("reason")
+            ),
             "webhook" => format!("{} {}", f("method"), f("url")),
             "update" => self
                 .fields
@@ -142,6 +152,9 @@ struct Sim<'a> {
     past: PastEntries,
     n_enrollments: usize,
     lines: Vec<Line>,
+    policy: SendPolicy,
+    /// Marketing sends so far, which frequency caps count.
+    sends: Vec<(Channel, Timestamp)>,
 }
 
 /// Runs the simulation and returns the timeline.
@@ -182,6 +195,8 @@ pub fn run(
         past: PastEntries::default(),
         n_enrollments: 0,
         lines: Vec::new(),
+        policy: options.policy.clone(),
+        sends: Vec::new(),
     };
     let mut events = events
         .into_iter()
@@ -226,6 +241,8 @@ impl Sim<'_> {
             customer: &self.customer,
             segments: &self.segments,
             history: &self.history,
+            policy: &self.policy,
+            recent_sends: &self.sends,
         };
         step(self.workflow, enrollment, &facts, input, now)
     }
@@ -358,6 +375,9 @@ impl Sim<'_> {
         };
         let line = match effect {
             Effect::Send(message) => {
+                if self.workflow.category == crate::workflow::Category::Marketing {
+                    self.sends.push((message.channel, now));
+                }
                 let to = self.customer.address(message.channel).unwrap_or_default();
                 let mut fields = json!({
                     "channel": message.channel.as_str(),
@@ -388,6 +408,17 @@ impl Sim<'_> {
                     ),
                 }
             }
+            Effect::Held {
+                node,
+                channel,
+                until,
+                reason,
+            } => Line::new(
+                now,
+                Some(node.as_str()),
+                "held",
+                json!({"channel": channel.as_str(), "until": until.to_string(), "reason": reason.to_string()}),
+            ),
             Effect::Suppressed {
                 node,
                 channel,

@@ -168,6 +168,7 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             },
             batch_size: 200,
             outbox_nudge: outbox_nudge.clone(),
+            policy: Arc::new(config.policy.to_policy().map_err(anyhow::Error::msg)?),
         },
         dispatcher: DispatchCtx {
             store: store.clone(),

@@ -34,6 +34,9 @@ pub struct Args {
     /// The templates folder.
     #[arg(long, default_value = "templates", env = "TRELLIS_TEMPLATES")]
     pub templates: PathBuf,
+    /// Quiet hours, caps, default time zone: the same settings `serve` takes.
+    #[command(flatten)]
+    pub policy: crate::config::PolicyArgs,
 }
 
 fn read_customer(path: &Path) -> anyhow::Result<Customer> {
@@ -75,6 +78,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let options = Options {
         start: args.start,
         until: args.until,
+        policy: args.policy.to_policy().map_err(anyhow::Error::msg)?,
     };
     let lines = simulate::run(&workflow, &templates, customer, events, options)?;
     let text = if args.json {

@@ -8,6 +8,7 @@ pub mod condition;
 pub mod entry;
 pub mod hash;
 mod node;
+pub mod policy;
 pub mod time;
 
 use std::borrow::Cow;
@@ -177,6 +178,11 @@ pub struct Facts<'a> {
     pub segments: &'a BTreeSet<String>,
     /// The customer's events, at least as far back as [`Workflow::history_window`] says.
     pub history: &'a [Event],
+    /// Quiet hours, caps and the default time zone.
+    pub policy: &'a policy::SendPolicy,
+    /// The customer's marketing sends across all workflows, at least as far back as the
+    /// longest cap window.
+    pub recent_sends: &'a [(Channel, Timestamp)],
 }
 
 /// A message to send.
@@ -206,6 +212,10 @@ pub enum Suppression {
     NoConsent,
     /// The customer has no address for the channel.
     NoAddress,
+    /// Due inside quiet hours, and the policy drops such messages.
+    QuietHours,
+    /// Over a frequency cap, and the policy drops such messages.
+    FrequencyCap,
 }
 
 impl fmt::Display for Suppression {
@@ -213,6 +223,8 @@ impl fmt::Display for Suppression {
         f.write_str(match self {
             Suppression::NoConsent => "no consent",
             Suppression::NoAddress => "no address",
+            Suppression::QuietHours => "quiet hours",
+            Suppression::FrequencyCap => "frequency cap",
         })
     }
 }
@@ -258,6 +270,18 @@ pub enum Effect {
         node: NodeId,
         /// What to change.
         update: Update,
+    },
+    /// A send is held (quiet hours, a frequency cap); the journey waits at the send node
+    /// and sends, with the same key, at `until`.
+    Held {
+        /// The send node.
+        node: NodeId,
+        /// The channel.
+        channel: Channel,
+        /// When it may go.
+        until: Timestamp,
+        /// Why it waits.
+        reason: Suppression,
     },
     /// Call the engine again at `at`.
     WakeAt {
@@ -370,6 +394,14 @@ impl Run<'_> {
         }
     }
 
+    /// The customer's time zone, or the policy's default for customers without one.
+    fn tz(&self) -> jiff::tz::TimeZone {
+        match (&self.customer.timezone, &self.facts.policy.default_timezone) {
+            (None, Some(default)) => default.clone(),
+            _ => self.customer.tz(),
+        }
+    }
+
     fn node_id(&self) -> NodeId {
         self.node
             .as_ref()
@@ -417,6 +449,8 @@ impl Run<'_> {
         match self.workflow.node(at) {
             Some(Node::Wait(wait)) => self.advance(wait.next.clone()),
             Some(Node::WaitForEvent(wait)) => self.advance(wait.on_timeout.clone()),
+            // A held send: enter it again as the same visit, so it keeps its key.
+            Some(Node::SendEmail(_) | Node::SendSms(_)) => self.resume(at.clone()),
             Some(other) => self.finish(ExitReason::Broken(format!(
                 "waiting at node {at}, which is now a {} node",
                 other.kind()
@@ -428,13 +462,24 @@ impl Run<'_> {
     }
 
     fn advance(&mut self, from: NodeId) {
+        self.walk(from, false);
+    }
+
+    fn resume(&mut self, at: NodeId) {
+        self.walk(at, true);
+    }
+
+    /// Walks from `from` until a wait or an exit; `resume` re-enters `from` as the same visit.
+    fn walk(&mut self, from: NodeId, mut resume: bool) {
         let mut current = from;
         for _ in 0..MAX_NODES_PER_STEP {
             let Some(node) = self.workflow.node(&current) else {
                 return self.finish(ExitReason::Broken(format!("node {current} does not exist")));
             };
             let visit = self.enrollment.visits.entry(current.clone()).or_insert(0);
-            *visit += 1;
+            if !std::mem::take(&mut resume) || *visit == 0 {
+                *visit += 1;
+            }
             self.node = Some((current.clone(), *visit));
             self.path.push(Visit {
                 node: current.clone(),

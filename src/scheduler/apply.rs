@@ -75,6 +75,15 @@ pub(super) async fn apply(
                 };
                 tx.record_conversion(&conversion, now).await?;
             }
+            Effect::Held {
+                node,
+                channel,
+                until,
+                reason,
+            } => {
+                // The enrollment waits at the send node; its state records the hold.
+                tracing::info!(workflow.id = %workflow.id, node.id = %node, channel = %channel, until = %until, reason = %reason, "Send held.");
+            }
             Effect::WakeAt { .. } | Effect::Exit(_) => {}
         }
     }

@@ -20,6 +20,7 @@ pub use catalog::Catalog;
 
 use crate::clock::Clock;
 use crate::engine::entry::{EntryDecision, PastEntries, enrolls_on_event, may_enter};
+use crate::engine::policy::SendPolicy;
 use crate::engine::{Enrollment, ExitReason, Facts, Input, Status, step};
 use crate::model::{Channel, Customer, CustomerId};
 use crate::store::{self, Store, StoredEvent, Tx};
@@ -76,6 +77,8 @@ pub struct SchedulerCtx {
     pub batch_size: u32,
     /// Woken when new messages are in the outbox.
     pub outbox_nudge: Arc<Notify>,
+    /// Quiet hours, caps, default time zone.
+    pub policy: Arc<SendPolicy>,
 }
 
 /// What one tick did.
@@ -138,6 +141,24 @@ async fn load_customer(tx: &mut Tx, id: &CustomerId) -> Result<Customer, store::
         .unwrap_or_else(|| Customer::minimal(id.clone())))
 }
 
+/// The sends frequency caps count: as far back as the longest cap window.
+async fn load_recent_sends(
+    ctx: &SchedulerCtx,
+    tx: &mut Tx,
+    id: &CustomerId,
+    now: Timestamp,
+) -> Result<Vec<(Channel, Timestamp)>, store::Error> {
+    match ctx.policy.longest_window() {
+        Some(window) => {
+            let since = now
+                .checked_sub(window.as_signed())
+                .unwrap_or(Timestamp::MIN);
+            tx.recent_sends(id, since).await
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
 /// Steps the customer's active enrollments with the event, then enrolls the customer in
 /// every workflow the event triggers.
 async fn on_event(
@@ -153,6 +174,7 @@ async fn on_event(
         changed: false,
     };
     let history = tx.history(id, ctx.catalog.history_since(now)).await?;
+    let mut sends = load_recent_sends(ctx, tx, id, now).await?;
     let segments = BTreeSet::new();
     let input = Input::Event(stored.event.clone());
     let mut n_messages = 0;
@@ -173,10 +195,13 @@ async fn on_event(
             customer: &state.customer,
             segments: &segments,
             history: &history,
+            policy: &ctx.policy,
+            recent_sends: &sends,
         };
         let result = step(&workflow, &enrollment, &facts, &input, now);
         if result.enrollment != enrollment {
             n_messages += apply(ctx, tx, &workflow, &result, &mut state, now).await?;
+            note_sends(&result, &mut sends, now);
         }
         if result.enrollment.is_active() {
             still_active.insert(enrollment.workflow_id.to_string());
@@ -208,15 +233,28 @@ async fn on_event(
             customer: &state.customer,
             segments: &segments,
             history: &history,
+            policy: &ctx.policy,
+            recent_sends: &sends,
         };
         let result = step(workflow, &new, &facts, &Input::Enter, now);
         n_messages += apply(ctx, tx, workflow, &result, &mut state, now).await?;
+        note_sends(&result, &mut sends, now);
     }
 
     if state.changed {
         tx.put_customer(&state.customer, now).await?;
     }
     Ok(n_messages)
+}
+
+/// Adds a step's marketing sends to the ones caps count, so the next workflow stepped for
+/// the same event sees them.
+fn note_sends(step: &crate::engine::Step, sends: &mut Vec<(Channel, Timestamp)>, now: Timestamp) {
+    for effect in &step.effects {
+        if let crate::engine::Effect::Send(message) = effect {
+            sends.push((message.channel, now));
+        }
+    }
 }
 
 /// Wakes one due enrollment.
@@ -251,11 +289,14 @@ async fn on_wake(
         changed: false,
     };
     let history = tx.history(id, ctx.catalog.history_since(now)).await?;
+    let sends = load_recent_sends(ctx, tx, id, now).await?;
     let segments = BTreeSet::new();
     let facts = Facts {
         customer: &state.customer,
         segments: &segments,
         history: &history,
+        policy: &ctx.policy,
+        recent_sends: &sends,
     };
     let result = step(&workflow, enrollment, &facts, &Input::Wake, now);
     let n = apply(ctx, tx, &workflow, &result, &mut state, now).await?;

@@ -619,6 +619,39 @@ impl Tx {
         Ok(row.get::<Option<i64>, _>(0).map(from_millis))
     }
 
+    /// The customer's marketing messages queued or sent since `since`, per channel: what
+    /// frequency caps count.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn recent_sends(
+        &mut self,
+        id: &CustomerId,
+        since: Timestamp,
+    ) -> Result<Vec<(crate::model::Channel, Timestamp)>, Error> {
+        let rows = sqlx::query(
+            "SELECT channel, created_at FROM messages
+             WHERE customer_id = ? AND created_at > ? AND category = 'marketing'
+               AND status IN ('pending', 'sending', 'sent') AND channel IN ('email', 'sms')",
+        )
+        .bind(id.as_str())
+        .bind(millis(since))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query("reading recent sends"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let channel = if r.get::<&str, _>(0) == "sms" {
+                    crate::model::Channel::Sms
+                } else {
+                    crate::model::Channel::Email
+                };
+                (channel, from_millis(r.get(1)))
+            })
+            .collect())
+    }
+
     /// Up to `limit` active enrollments due at `now`, of workflows not paused.
     ///
     /// # Errors

@@ -110,6 +110,112 @@ impl Weekday {
     }
 }
 
+/// A nightly window, such as 21:00–08:00, in which marketing is not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietHours {
+    /// When quiet begins.
+    pub start: TimeOfDay,
+    /// When quiet ends.
+    pub end: TimeOfDay,
+}
+
+impl FromStr for QuietHours {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (start, end) = text.split_once('-').ok_or_else(|| {
+            format!("quiet hours {text:?}: write START-END, such as \"21:00-08:00\"")
+        })?;
+        let hours = Self {
+            start: start.trim().parse()?,
+            end: end.trim().parse()?,
+        };
+        if hours.start == hours.end {
+            return Err(format!(
+                "quiet hours {text:?} start and end at the same time"
+            ));
+        }
+        Ok(hours)
+    }
+}
+
+impl fmt::Display for QuietHours {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+impl Serialize for QuietHours {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for QuietHours {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for QuietHours {
+    fn schema_name() -> Cow<'static, str> {
+        "QuietHours".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "string", "pattern": "^[0-2]?[0-9]:[0-5][0-9]-[0-2]?[0-9]:[0-5][0-9]$", "description": "Local START-END, e.g. \"21:00-08:00\"."})
+    }
+}
+
+/// A workflow's own quiet hours, replacing the global setting for the channels it names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuietOverride {
+    /// Email: `START-END`, or `none` for no quiet hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<QuietSetting>,
+    /// SMS: `START-END`, or `none` for no quiet hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms: Option<QuietSetting>,
+}
+
+/// Quiet hours, or explicitly none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum QuietSetting {
+    /// `START-END`.
+    Hours(QuietHours),
+    /// `none`.
+    None(NoneWord),
+}
+
+/// The word `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NoneWord {
+    /// No quiet hours.
+    None,
+}
+
+impl QuietOverride {
+    /// The quiet hours in force for `channel`: this override's, else `global`.
+    pub fn for_channel(
+        &self,
+        channel: crate::model::Channel,
+        global: Option<QuietHours>,
+    ) -> Option<QuietHours> {
+        let setting = match channel {
+            crate::model::Channel::Email => self.email,
+            crate::model::Channel::Sms => self.sms,
+        };
+        match setting {
+            Some(QuietSetting::Hours(hours)) => Some(hours),
+            Some(QuietSetting::None(_)) => None,
+            None => global,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

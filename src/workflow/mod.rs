@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use condition::{Comparison, Condition, EventCount, Op};
 pub use duration::Duration;
 pub use load::{load_dir, load_file, parse};
-pub use local_time::{TimeOfDay, Weekday};
+pub use local_time::{NoneWord, QuietHours, QuietOverride, QuietSetting, TimeOfDay, Weekday};
 pub use node::{
     Arm, Branch, Case, Method, Node, SendEmail, SendSms, Split, Update, Wait, WaitForEvent, Webhook,
 };
@@ -57,6 +57,9 @@ pub struct Workflow {
     /// The conversion event that ends the journey wherever the customer is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goal: Option<Located<Goal>>,
+    /// This workflow's quiet hours, replacing the global ones for the channels named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietOverride>,
     /// The first node.
     pub start: Located<NodeId>,
     /// The nodes by id.

@@ -90,7 +90,23 @@ fn simulate_prints_json_lines_with_the_documented_fields() {
     assert_eq!(sends[0]["at"], "2026-04-14T11:00:00Z");
     assert_eq!(sends[1]["channel"], "sms");
     assert_eq!(sends[1]["to"], "+14155550101");
-    assert_eq!(sends[1]["at"], "2026-04-15T10:00:00Z");
+    // Due at 06:00 in New York, inside the default SMS quiet hours (21:00-08:00): held
+    // until 08:00 local, as `serve` would.
+    let held: Vec<&serde_json::Value> = lines.iter().filter(|l| l["kind"] == "held").collect();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        (
+            held[0]["at"].as_str(),
+            held[0]["until"].as_str(),
+            held[0]["reason"].as_str()
+        ),
+        (
+            Some("2026-04-15T10:00:00Z"),
+            Some("2026-04-15T12:00:00Z"),
+            Some("quiet hours")
+        )
+    );
+    assert_eq!(sends[1]["at"], "2026-04-15T12:00:00Z");
 }
 
 #[test]

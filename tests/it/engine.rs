@@ -19,13 +19,17 @@ nodes:
 "#;
 
 static NO_SEGMENTS: BTreeSet<String> = BTreeSet::new();
+static NO_POLICY: std::sync::LazyLock<trellis::engine::policy::SendPolicy> =
+    std::sync::LazyLock::new(Default::default);
 
-/// Facts with no segments and no history.
+/// Facts with no segments, no history and no send-time rules.
 fn facts(customer: &trellis::model::Customer) -> Facts<'_> {
     Facts {
         customer,
         segments: &NO_SEGMENTS,
         history: &[],
+        policy: &NO_POLICY,
+        recent_sends: &[],
     }
 }
 
@@ -185,15 +189,10 @@ nodes:
   done: exit
 "#,
     );
-    let segments = BTreeSet::new();
     let now = at("2026-01-01T00:00:00Z");
     let arm_of = |id: &str, enrollment: &str| {
         let c = customer(&format!(r#"{{"id": "{id}"}}"#));
-        let facts = Facts {
-            customer: &c,
-            segments: &segments,
-            history: &[],
-        };
+        let facts = facts(&c);
         let e = Enrollment::new(enrollment, &wf, CustomerId::parse(id).unwrap(), None, now);
         step(&wf, &e, &facts, &Input::Enter, now).enrollment.arm
     };

@@ -118,6 +118,7 @@ fn workflow() -> impl Strategy<Value = Workflow> {
                     filter: vec![],
                 })),
                 entry: Default::default(),
+                quiet_hours: None,
                 goal: with_goal.then(|| {
                     Located::unlocated(trellis::workflow::Goal {
                         event: "order_completed".into(),
@@ -167,10 +168,13 @@ fn run(wf: &Workflow, script: &[(i64, usize)], customer: &Customer) -> Vec<Step>
     let mut now = start;
     let mut pending = events.into_iter().peekable();
     for _ in 0..200 {
+        let policy = trellis::engine::policy::SendPolicy::default();
         let facts = Facts {
             customer: &current,
             segments: &segments,
             history: &[],
+            policy: &policy,
+            recent_sends: &[],
         };
         let result = step(wf, &enrollment, &facts, &input, now);
         for effect in &result.effects {

@@ -4,6 +4,7 @@
 mod api;
 mod app;
 mod cli;
+mod controls;
 mod crash;
 mod engine;
 mod engine_props;

@@ -234,6 +234,7 @@ fn birthday_greeting_goes_out_at_09_00_new_york_on_the_daylight_saving_start_day
         Options {
             start: Some(at("2026-03-01T00:00:00Z")),
             until: Some(at("2027-03-09T00:00:00Z")),
+            ..Options::default()
         },
     );
     // 2026-03-08 is the day New York moves to EDT (UTC-4), so 09:00 local is 13:00 UTC.
@@ -283,11 +284,12 @@ fn weekly_newsletter_reaches_tokyo_and_los_angeles_each_at_local_09_00_monday() 
     let window = Options {
         start: Some(at("2026-06-01T00:00:00Z")),
         until: Some(at("2026-06-09T00:00:00Z")),
+        ..Options::default()
     };
     let tokyo = r#"{"id": "kenji", "email": "kenji@example.jp", "timezone": "Asia/Tokyo", "consent": {"email": true}}"#;
     let la = r#"{"id": "lucy", "email": "lucy@example.com", "timezone": "America/Los_Angeles", "consent": {"email": true}}"#;
     let sends = |c: &str| -> Vec<String> {
-        lines(&wf, customer(c), vec![], window)
+        lines(&wf, customer(c), vec![], window.clone())
             .into_iter()
             .filter(|l| l.kind == "send")
             .map(|l| l.at.to_string())
@@ -308,6 +310,7 @@ fn weekly_newsletter_skips_customers_without_email_consent() {
         Options {
             start: Some(at("2026-06-01T00:00:00Z")),
             until: Some(at("2026-06-02T00:00:00Z")),
+            ..Options::default()
         },
     );
     insta::assert_snapshot!(t, @"2026-06-01T09:00:00Z  skip       -                not in the audience");
@@ -347,6 +350,7 @@ fn a_missing_template_variable_shows_as_an_error_not_an_empty_string() {
         Options {
             start: Some(at("2026-03-01T00:00:00Z")),
             until: Some(at("2026-03-10T00:00:00Z")),
+            ..Options::default()
         },
     );
     assert!(
@@ -417,5 +421,6 @@ fn no_options_until(until: &str) -> Options {
     Options {
         start: None,
         until: Some(at(until)),
+        ..Options::default()
     }
 }

@@ -8,7 +8,7 @@ use crate::workflow::{TimeOfDay, Wait};
 const DEFAULT_AT: &str = "09:00";
 
 pub(super) fn visit(wait: &Wait, run: &mut Run<'_>) -> Flow {
-    let tz = run.customer.tz();
+    let tz = run.tz();
     if let Some(duration) = wait.duration {
         return Flow::Sleep(
             run.now

@@ -1,0 +1,245 @@
+//! Send-time controls through the runtime and the simulator: quiet hours in the customer's
+//! local time, frequency caps across workflows, delay or drop, per-workflow overrides.
+
+use jiff::SignedDuration;
+use serde_json::json;
+use trellis::simulate::Options;
+
+use crate::app::{TwilioServer, spawn_app_in};
+use crate::helpers::{at, customer, events, inline, lines};
+
+const TEXT_ON_PING: &str = "id: ping_sms\nname: Ping SMS\ntrigger: { event: { name: ping } }\nentry: every_time\nstart: text\nnodes:\n  text: { send_sms: { template: nudge, next: done } }\n  done: exit\n";
+const MAIL_ON_PING: &str = "id: ping_mail\nname: Ping mail\ntrigger: { event: { name: ping } }\nentry: every_time\nstart: mail\nnodes:\n  mail: { send_email: { template: welcome, next: done } }\n  done: exit\n";
+
+async fn app_with(workflow: &str, extra: &[&str]) -> (crate::app::TestApp, tempfile::TempDir) {
+    let wf_dir = tempfile::tempdir().unwrap();
+    std::fs::write(wf_dir.path().join("w.yaml"), workflow).unwrap();
+    let mut flags = vec!["--workflows", wf_dir.path().to_str().unwrap()];
+    flags.extend_from_slice(extra);
+    let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    (
+        spawn_app_in(tempfile::tempdir().unwrap(), &refs).await,
+        wf_dir,
+    )
+}
+
+#[tokio::test]
+async fn an_sms_due_at_22_30_local_is_held_and_arrives_at_08_00() {
+    let twilio = TwilioServer::start(0).await;
+    let (app, _wf) = app_with(
+        TEXT_ON_PING,
+        &[
+            "--twilio-base-url",
+            &twilio.base,
+            "--twilio-account-sid",
+            "AC1",
+            "--twilio-auth-token",
+            "t",
+        ],
+    )
+    .await;
+    // 22:30 in Los Angeles (PDT, UTC-7) is 05:30 UTC.
+    app.clock.set(at("2026-06-02T05:30:00Z"));
+    app.call("PUT", "/v1/customers/lucy", Some(json!({"phone": "+13105550199", "timezone": "America/Los_Angeles", "consent": {"sms": true}}))).await;
+    app.call(
+        "POST",
+        "/v1/events",
+        Some(json!({"customer_id": "lucy", "name": "ping"})),
+    )
+    .await;
+    app.settle().await;
+    assert!(
+        twilio.received.lock().unwrap().is_empty(),
+        "nothing in quiet hours"
+    );
+    let (_, view) = app.call("GET", "/v1/customers/lucy", None).await;
+    assert_eq!(
+        (
+            view["enrollments"][0]["node"].clone(),
+            view["enrollments"][0]["next_wake"].clone()
+        ),
+        (json!("text"), json!("2026-06-02T15:00:00Z"))
+    );
+
+    app.clock.set(at("2026-06-02T14:59:00Z"));
+    app.settle().await;
+    assert!(
+        twilio.received.lock().unwrap().is_empty(),
+        "07:59 is still quiet"
+    );
+    app.clock.set(at("2026-06-02T15:00:00Z"));
+    app.settle().await;
+    assert_eq!(
+        twilio.received.lock().unwrap().len(),
+        1,
+        "sent at 08:00 local"
+    );
+}
+
+#[tokio::test]
+async fn the_fourth_email_in_a_week_is_held_by_a_3_per_week_cap_until_a_place_frees() {
+    let (app, _wf) = app_with(MAIL_ON_PING, &["--caps", "email=3/7d"]).await;
+    app.call(
+        "PUT",
+        "/v1/customers/ada",
+        Some(json!({"email": "ada@example.com", "consent": {"email": true}})),
+    )
+    .await;
+    let start = at("2026-06-01T09:00:00Z");
+    for day in [0, 2, 4, 5] {
+        app.clock.set(
+            start
+                .checked_add(SignedDuration::from_hours(24 * day))
+                .unwrap(),
+        );
+        app.call(
+            "POST",
+            "/v1/events",
+            Some(json!({"customer_id": "ada", "name": "ping"})),
+        )
+        .await;
+        app.settle().await;
+    }
+    assert_eq!(app.outbox_files().len(), 3, "the fourth waits");
+    let (_, view) = app.call("GET", "/v1/customers/ada", None).await;
+    let held = view["enrollments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["active"] == true)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (held["node"].clone(), held["next_wake"].clone()),
+        (json!("mail"), json!("2026-06-08T09:00:00Z"))
+    );
+    app.clock.set(at("2026-06-08T09:00:00Z"));
+    app.settle().await;
+    assert_eq!(
+        app.outbox_files().len(),
+        4,
+        "sent once the first email is a week old"
+    );
+}
+
+#[tokio::test]
+async fn over_the_cap_in_drop_mode_the_message_is_recorded_as_suppressed_and_the_journey_goes_on() {
+    let (app, _wf) = app_with(
+        MAIL_ON_PING,
+        &["--caps", "email=1/1d", "--cap-mode", "drop"],
+    )
+    .await;
+    app.call(
+        "PUT",
+        "/v1/customers/ada",
+        Some(json!({"email": "ada@example.com", "consent": {"email": true}})),
+    )
+    .await;
+    for _ in 0..2 {
+        app.call(
+            "POST",
+            "/v1/events",
+            Some(json!({"customer_id": "ada", "name": "ping"})),
+        )
+        .await;
+        app.settle().await;
+        app.advance(SignedDuration::from_hours(1));
+    }
+    assert_eq!(app.outbox_files().len(), 1);
+    let (_, view) = app.call("GET", "/v1/customers/ada", None).await;
+    let statuses: Vec<String> = view["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(statuses, ["suppressed", "sent"]);
+    assert!(
+        view["enrollments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["exit_reason"] == "completed")
+    );
+}
+
+fn policy(quiet_sms: &str, caps: &[&str]) -> trellis::engine::policy::SendPolicy {
+    trellis::engine::policy::SendPolicy {
+        quiet_sms: Some(quiet_sms.parse().unwrap()),
+        caps: caps.iter().map(|c| c.parse().unwrap()).collect(),
+        ..Default::default()
+    }
+}
+
+const LUCY: &str = r#"{"id": "lucy", "phone": "+13105550199", "timezone": "America/Los_Angeles", "consent": {"sms": true}}"#;
+
+#[test]
+fn the_simulator_holds_sms_in_quiet_hours_unless_the_workflow_overrides_them() {
+    let options = Options {
+        policy: policy("21:00-08:00", &[]),
+        ..Options::default()
+    };
+    let held = lines(
+        &inline(TEXT_ON_PING),
+        customer(LUCY),
+        events("2026-06-02T05:30:00Z ping"),
+        options.clone(),
+    );
+    let send = held.iter().find(|l| l.kind == "send").unwrap();
+    assert_eq!(send.at, at("2026-06-02T15:00:00Z"));
+    assert!(
+        held.iter()
+            .any(|l| l.kind == "held" && l.fields["reason"] == "quiet hours")
+    );
+
+    let overridden = inline(&TEXT_ON_PING.replace(
+        "entry: every_time",
+        "entry: every_time\nquiet_hours: { sms: none }",
+    ));
+    let now = lines(
+        &overridden,
+        customer(LUCY),
+        events("2026-06-02T05:30:00Z ping"),
+        options,
+    );
+    assert_eq!(
+        now.iter().find(|l| l.kind == "send").unwrap().at,
+        at("2026-06-02T05:30:00Z")
+    );
+}
+
+#[test]
+fn the_simulator_applies_caps_within_the_journey_and_exempts_transactional_messages() {
+    let options = Options {
+        policy: policy("21:00-08:00", &["sms=1/1d"]),
+        ..Options::default()
+    };
+    let script = "2026-06-02T18:00:00Z ping\n2026-06-02T19:00:00Z ping";
+    let capped = lines(
+        &inline(TEXT_ON_PING),
+        customer(LUCY),
+        events(script),
+        options.clone(),
+    );
+    let sends: Vec<String> = capped
+        .iter()
+        .filter(|l| l.kind == "send")
+        .map(|l| l.at.to_string())
+        .collect();
+    assert_eq!(
+        sends,
+        ["2026-06-02T18:00:00Z", "2026-06-03T18:00:00Z"],
+        "the second waits a day"
+    );
+
+    let receipts =
+        inline(&TEXT_ON_PING.replace("name: Ping SMS", "name: Receipts\ncategory: transactional"));
+    let exempt = lines(&receipts, customer(LUCY), events(script), options);
+    let sends: Vec<String> = exempt
+        .iter()
+        .filter(|l| l.kind == "send")
+        .map(|l| l.at.to_string())
+        .collect();
+    assert_eq!(sends, ["2026-06-02T18:00:00Z", "2026-06-02T19:00:00Z"]);
+}
