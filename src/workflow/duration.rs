@@ -1,12 +1,9 @@
 //! Durations as marketers write them: `90m`, `2d`, `1h30m`, `-7d`.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
 use jiff::SignedDuration;
-use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
-use serde::{Deserialize, Serialize};
 
 /// A fixed length of time. Units: `s`, `m`, `h`, `d` (24 hours) and `w` (7 days).
 ///
@@ -100,34 +97,12 @@ impl fmt::Display for Duration {
     }
 }
 
-impl Serialize for Duration {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Duration {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl JsonSchema for Duration {
-    fn schema_name() -> Cow<'static, str> {
-        "Duration".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": "^-?([0-9]+[smhdw])+$",
-            "description": "A length of time: a number and a unit (s, m, h, d = 24h, w), e.g. \"90m\", \"2d\", \"1h30m\".",
-            "examples": ["90m", "2d", "1h30m"]
-        })
-    }
-}
+super::string_format!(Duration, {
+    "type": "string",
+    "pattern": "^-?([0-9]+[smhdw])+$",
+    "description": "A length of time: a number and a unit (s, m, h, d = 24h, w), e.g. \"90m\", \"2d\", \"1h30m\".",
+    "examples": ["90m", "2d", "1h30m"]
+});
 
 #[cfg(test)]
 mod tests {

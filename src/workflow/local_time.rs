@@ -1,11 +1,10 @@
 //! Local times of day (`09:00`) and weekdays (`mon`), as waits and triggers use them.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
 use jiff::civil::Time;
-use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A wall-clock time of day, `HH:MM`, read in the customer's (or the trigger's) time zone.
@@ -44,33 +43,11 @@ impl fmt::Display for TimeOfDay {
     }
 }
 
-impl Serialize for TimeOfDay {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for TimeOfDay {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl JsonSchema for TimeOfDay {
-    fn schema_name() -> Cow<'static, str> {
-        "TimeOfDay".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": "^([01]?[0-9]|2[0-3]):[0-5][0-9]$",
-            "description": "A local time of day on a 24-hour clock, e.g. \"09:00\".",
-        })
-    }
-}
+super::string_format!(TimeOfDay, {
+    "type": "string",
+    "pattern": "^([01]?[0-9]|2[0-3]):[0-5][0-9]$",
+    "description": "A local time of day on a 24-hour clock, e.g. \"09:00\".",
+});
 
 /// A day of the week, written as its first three letters.
 #[derive(
@@ -144,28 +121,7 @@ impl fmt::Display for QuietHours {
     }
 }
 
-impl Serialize for QuietHours {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for QuietHours {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl JsonSchema for QuietHours {
-    fn schema_name() -> Cow<'static, str> {
-        "QuietHours".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({"type": "string", "pattern": "^[0-2]?[0-9]:[0-5][0-9]-[0-2]?[0-9]:[0-5][0-9]$", "description": "Local START-END, e.g. \"21:00-08:00\"."})
-    }
-}
+super::string_format!(QuietHours, {"type": "string", "pattern": "^[0-2]?[0-9]:[0-5][0-9]-[0-2]?[0-9]:[0-5][0-9]$", "description": "Local START-END, e.g. \"21:00-08:00\"."});
 
 /// A workflow's own quiet hours, replacing the global setting for the channels it names.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -3,6 +3,37 @@
 //!
 //! No I/O beyond reading the files handed to [`load_dir`] or [`load_file`]; no clock.
 
+/// Serde and JSON Schema for a type written as a string in files: serialized with `Display`,
+/// parsed with `FromStr` (whose error becomes the located message), described by `$schema`.
+macro_rules! string_format {
+    ($ty:ty, $schema:tt) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                <String as serde::Deserialize>::deserialize(d)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl schemars::JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($ty).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!($schema)
+            }
+        }
+    };
+}
+use string_format;
+
 mod condition;
 mod duration;
 pub mod load;
