@@ -100,3 +100,12 @@ CREATE TABLE settings (
     name   TEXT PRIMARY KEY,
     value  TEXT NOT NULL
 );
+
+-- Segment membership as last computed; a change fires segment_entered / segment_exited once.
+CREATE TABLE segment_members (
+    segment      TEXT NOT NULL,
+    customer_id  TEXT NOT NULL,
+    since        INTEGER NOT NULL,
+    PRIMARY KEY (segment, customer_id)
+);
+CREATE INDEX segment_members_by_customer ON segment_members (customer_id);

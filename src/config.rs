@@ -128,6 +128,10 @@ pub struct ServeConfig {
     /// Largest request body the API takes, in bytes.
     #[arg(long, env = "TRELLIS_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,
+    /// How often every customer's segment membership is recomputed, for conditions that
+    /// become true with time alone ("no order in 60 days").
+    #[arg(long, env = "TRELLIS_SEGMENT_REFRESH", default_value = "5m")]
+    pub segment_refresh: crate::workflow::Duration,
     /// Quiet hours, caps, default time zone.
     #[command(flatten)]
     pub policy: PolicyArgs,

@@ -23,6 +23,25 @@ fn check(customer: Customer) -> Result<Customer, ApiError> {
         .map_err(ApiError::InvalidField)
 }
 
+/// The internal event that makes the scheduler recompute the customer's segments in order
+/// with their other events.
+pub const PROFILE_UPDATED: &str = "$profile_updated";
+
+async fn profile_updated(
+    tx: &mut crate::store::Tx,
+    id: &CustomerId,
+    now: jiff::Timestamp,
+) -> Result<(), ApiError> {
+    let event = crate::model::Event {
+        id: None,
+        name: PROFILE_UPDATED.into(),
+        timestamp: now,
+        properties: Map::new(),
+    };
+    tx.insert_event(id, &event, now).await?;
+    Ok(())
+}
+
 /// `PUT`: the body is the whole profile (without `id`, or with the same `id`).
 pub(super) async fn put(
     State(state): State<AppState>,
@@ -54,7 +73,9 @@ pub(super) async fn put(
     let mut tx = state.store.begin().await?;
     let existed = tx.customer(&id).await?.is_some();
     tx.put_customer(&customer, state.clock.now()).await?;
+    profile_updated(&mut tx, &id, state.clock.now()).await?;
     tx.commit().await?;
+    state.nudge.notify_one();
     let status = if existed {
         StatusCode::OK
     } else {
@@ -133,7 +154,9 @@ pub(super) async fn patch(
     }
     let customer = check(customer)?;
     tx.put_customer(&customer, state.clock.now()).await?;
+    profile_updated(&mut tx, &id, state.clock.now()).await?;
     tx.commit().await?;
+    state.nudge.notify_one();
     Ok(Json(json!(customer)))
 }
 

@@ -11,6 +11,7 @@ fn trigger_kind(wf: &Workflow) -> &'static str {
     match &wf.trigger.value {
         Trigger::Event(_) => "event",
         Trigger::SegmentEntered(_) => "segment_entered",
+        Trigger::SegmentExited(_) => "segment_exited",
         Trigger::Schedule(_) => "schedule",
         Trigger::DateAttribute(_) => "date_attribute",
     }

@@ -113,10 +113,10 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             );
         }
     }
-    let (workflows, templates, problems) =
-        check_paths(&[config.workflows.as_path()], &config.templates);
-    if !problems.is_empty() {
-        let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    let checked = check_paths(&[config.workflows.as_path()], &config.templates);
+    let (workflows, templates, segments) = (checked.workflows, checked.templates, checked.segments);
+    if !checked.problems.is_empty() {
+        let listed: Vec<String> = checked.problems.iter().map(ToString::to_string).collect();
         bail!(
             "workflows or templates have problems:\n{}",
             listed.join("\n")
@@ -132,7 +132,7 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
     .await
     .with_context(|| format!("opening {}", config.database_url))?;
     let catalog = Arc::new(
-        Catalog::register(&store, workflows, clock.now())
+        Catalog::register(&store, workflows, segments, clock.now())
             .await
             .context("recording workflow versions")?,
     );
@@ -169,6 +169,8 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             batch_size: 200,
             outbox_nudge: outbox_nudge.clone(),
             policy: Arc::new(config.policy.to_policy().map_err(anyhow::Error::msg)?),
+            segment_refresh: config.segment_refresh.as_signed().unsigned_abs(),
+            last_refresh: Arc::default(),
         },
         dispatcher: DispatchCtx {
             store: store.clone(),

@@ -60,8 +60,9 @@ fn read_events(path: &Path) -> anyhow::Result<Vec<Event>> {
 
 /// Validates the workflow, then prints its timeline.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let checked = check_paths(&[args.workflow.as_path()], &args.templates);
     let (mut workflows, templates, problems) =
-        check_paths(&[args.workflow.as_path()], &args.templates);
+        (checked.workflows, checked.templates, checked.problems);
     if !problems.is_empty() {
         let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
         bail!(

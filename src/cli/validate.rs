@@ -20,7 +20,8 @@ pub struct Args {
 /// Prints each problem on stdout; exits 1 when there is any.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let paths: Vec<&Path> = args.paths.iter().map(PathBuf::as_path).collect();
-    let (workflows, _, problems) = check_paths(&paths, &args.templates);
+    let checked = check_paths(&paths, &args.templates);
+    let (workflows, problems) = (checked.workflows, checked.problems);
     let mut out = std::io::stdout().lock();
     for problem in &problems {
         writeln!(out, "{problem}")?;

@@ -85,7 +85,7 @@ pub fn next_fire(workflow: &Workflow, customer: &Customer, after: Timestamp) -> 
             let date = parse_date(&customer.field(&d.attribute)?, &tz)?;
             next_date_occurrence(date, d.offset_days, d.at, d.repeat, &tz, after)
         }
-        Trigger::Event(_) | Trigger::SegmentEntered(_) => None,
+        Trigger::Event(_) | Trigger::SegmentEntered(_) | Trigger::SegmentExited(_) => None,
     }
 }
 

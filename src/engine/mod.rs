@@ -9,6 +9,7 @@ pub mod entry;
 pub mod hash;
 mod node;
 pub mod policy;
+pub mod segment;
 pub mod time;
 
 use std::borrow::Cow;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use crate::store::{self, Store};
-use crate::workflow::{HistoryNeed, Workflow};
+use crate::workflow::{HistoryNeed, SegmentDef, Workflow};
 
 /// Workflows by id and by (id, version).
 #[derive(Debug, Default)]
@@ -17,6 +17,7 @@ pub struct Catalog {
     current: BTreeMap<String, Arc<Workflow>>,
     versions: HashMap<(String, String), Arc<Workflow>>,
     history: HistoryNeed,
+    segments: Vec<SegmentDef>,
 }
 
 impl Catalog {
@@ -29,6 +30,7 @@ impl Catalog {
     pub async fn register(
         store: &Store,
         current: Vec<Workflow>,
+        segments: Vec<SegmentDef>,
         now: Timestamp,
     ) -> Result<Self, store::Error> {
         let mut tx = store.begin().await?;
@@ -44,7 +46,11 @@ impl Catalog {
             .await?;
         }
         tx.commit().await?;
-        let mut catalog = Catalog::default();
+        let mut catalog = Catalog {
+            history: crate::workflow::segments_history_need(&segments),
+            segments,
+            ..Catalog::default()
+        };
         for (id, version, text, path) in store.workflow_versions().await? {
             if let Ok(mut wf) = crate::workflow::parse(Path::new(&path), &text) {
                 wf.source.version = version.clone();
@@ -74,6 +80,11 @@ impl Catalog {
             catalog.current.insert(wf.id.to_string(), wf);
         }
         catalog
+    }
+
+    /// The segments, in definition order.
+    pub fn segments(&self) -> &[SegmentDef] {
+        &self.segments
     }
 
     /// The current workflows.

@@ -25,6 +25,7 @@ use crate::engine::{Enrollment, ExitReason, Facts, Input, Status, step};
 use crate::model::{Channel, Customer, CustomerId};
 use crate::store::{self, Store, StoredEvent, Tx};
 use crate::template::Templates;
+use crate::workflow::{Trigger, Workflow};
 use apply::{CustomerState, apply};
 
 /// How long the loop sleeps at most between ticks, so a wake-up fires within a second.
@@ -79,6 +80,10 @@ pub struct SchedulerCtx {
     pub outbox_nudge: Arc<Notify>,
     /// Quiet hours, caps, default time zone.
     pub policy: Arc<SendPolicy>,
+    /// How often [`refresh_segments`] runs in the loop.
+    pub segment_refresh: Duration,
+    /// When it last ran.
+    pub last_refresh: Arc<std::sync::Mutex<Option<Timestamp>>>,
 }
 
 /// What one tick did.
@@ -159,8 +164,172 @@ async fn load_recent_sends(
     }
 }
 
-/// Steps the customer's active enrollments with the event, then enrolls the customer in
-/// every workflow the event triggers.
+/// One customer's state while the scheduler works on them inside a transaction.
+struct Visit {
+    id: CustomerId,
+    state: CustomerState,
+    history: Vec<crate::model::Event>,
+    sends: Vec<(Channel, Timestamp)>,
+    segments: BTreeSet<String>,
+    /// Workflows the customer is active in after this visit's steps so far.
+    active_in: BTreeSet<String>,
+}
+
+impl Visit {
+    async fn load(
+        ctx: &SchedulerCtx,
+        tx: &mut Tx,
+        id: &CustomerId,
+        now: Timestamp,
+    ) -> Result<Self, store::Error> {
+        Ok(Self {
+            id: id.clone(),
+            state: CustomerState {
+                customer: load_customer(tx, id).await?,
+                changed: false,
+            },
+            history: tx.history(id, ctx.catalog.history_since(now)).await?,
+            sends: load_recent_sends(ctx, tx, id, now).await?,
+            segments: tx.segments_of(id).await?,
+            active_in: BTreeSet::new(),
+        })
+    }
+
+    fn facts<'a>(&'a self, policy: &'a SendPolicy) -> Facts<'a> {
+        Facts {
+            customer: &self.state.customer,
+            segments: &self.segments,
+            history: &self.history,
+            policy,
+            recent_sends: &self.sends,
+        }
+    }
+
+    /// Steps and writes one enrollment.
+    async fn step(
+        &mut self,
+        ctx: &SchedulerCtx,
+        tx: &mut Tx,
+        workflow: &Workflow,
+        enrollment: &Enrollment,
+        input: &Input,
+        now: Timestamp,
+    ) -> Result<usize, store::Error> {
+        let result = step(workflow, enrollment, &self.facts(&ctx.policy), input, now);
+        let mut n = 0;
+        if result.enrollment != *enrollment {
+            n = apply(ctx, tx, workflow, &result, &mut self.state, now).await?;
+            note_sends(&result, &mut self.sends, now);
+        }
+        if result.enrollment.is_active() {
+            self.active_in.insert(workflow.id.to_string());
+        } else {
+            self.active_in.remove(workflow.id.as_str());
+        }
+        Ok(n)
+    }
+
+    /// Enrolls the customer if the workflow's entry rule allows.
+    async fn enter(
+        &mut self,
+        ctx: &SchedulerCtx,
+        tx: &mut Tx,
+        workflow: &Workflow,
+        trigger: Option<crate::model::Event>,
+        enrollment_id: String,
+        now: Timestamp,
+    ) -> Result<usize, store::Error> {
+        let past = PastEntries {
+            active: self.active_in.contains(workflow.id.as_str()),
+            last_entered_at: tx.last_entered(workflow.id.as_str(), &self.id).await?,
+        };
+        if may_enter(workflow.entry, past, now) != EntryDecision::Enter {
+            return Ok(0);
+        }
+        let new = Enrollment::new(enrollment_id, workflow, self.id.clone(), trigger, now);
+        self.step(ctx, tx, workflow, &new, &Input::Enter, now).await
+    }
+
+    /// Recomputes segment membership; stores and returns the transitions.
+    async fn refresh_segments(
+        &mut self,
+        ctx: &SchedulerCtx,
+        tx: &mut Tx,
+        now: Timestamp,
+    ) -> Result<(Vec<String>, Vec<String>), store::Error> {
+        if ctx.catalog.segments().is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let no_segments = BTreeSet::new();
+        let scope = crate::engine::condition::Scope {
+            customer: &self.state.customer,
+            event: None,
+            trigger: None,
+            segments: &no_segments,
+            history: &self.history,
+            now,
+        };
+        let now_in = crate::engine::segment::membership(ctx.catalog.segments(), &scope);
+        let entered: Vec<String> = now_in.difference(&self.segments).cloned().collect();
+        let exited: Vec<String> = self.segments.difference(&now_in).cloned().collect();
+        for segment in &entered {
+            tx.set_member(segment, &self.id, true, now).await?;
+        }
+        for segment in &exited {
+            tx.set_member(segment, &self.id, false, now).await?;
+        }
+        self.segments = now_in;
+        Ok((entered, exited))
+    }
+
+    /// Enrolls in the workflows whose segment triggers the transitions fire.
+    async fn enter_by_segments(
+        &mut self,
+        ctx: &SchedulerCtx,
+        tx: &mut Tx,
+        transitions: &(Vec<String>, Vec<String>),
+        paused: &BTreeSet<String>,
+        now: Timestamp,
+    ) -> Result<usize, store::Error> {
+        let mut n = 0;
+        let workflows: Vec<Arc<Workflow>> = ctx.catalog.current().cloned().collect();
+        for workflow in workflows {
+            if paused.contains(workflow.id.as_str()) {
+                continue;
+            }
+            let fired = match &workflow.trigger.value {
+                Trigger::SegmentEntered(segment) => {
+                    transitions.0.contains(segment).then_some("entered")
+                }
+                Trigger::SegmentExited(segment) => {
+                    transitions.1.contains(segment).then_some("exited")
+                }
+                _ => None,
+            };
+            if let Some(how) = fired {
+                // One id per transition: a replay after a crash gives the same enrollment.
+                let id = format!(
+                    "{}:{}:segment-{how}:{}",
+                    workflow.id,
+                    self.id,
+                    now.as_millisecond()
+                );
+                n += self.enter(ctx, tx, &workflow, None, id, now).await?;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn save(self, tx: &mut Tx, now: Timestamp) -> Result<(), store::Error> {
+        if self.state.changed {
+            tx.put_customer(&self.state.customer, now).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Recomputes segments, steps the customer's active enrollments with the event, then enrolls
+/// the customer in every workflow the event or a segment transition triggers.
 async fn on_event(
     ctx: &SchedulerCtx,
     tx: &mut Tx,
@@ -168,19 +337,11 @@ async fn on_event(
     paused: &BTreeSet<String>,
     now: Timestamp,
 ) -> Result<usize, store::Error> {
-    let id = &stored.customer_id;
-    let mut state = CustomerState {
-        customer: load_customer(tx, id).await?,
-        changed: false,
-    };
-    let history = tx.history(id, ctx.catalog.history_since(now)).await?;
-    let mut sends = load_recent_sends(ctx, tx, id, now).await?;
-    let segments = BTreeSet::new();
+    let mut visit = Visit::load(ctx, tx, &stored.customer_id, now).await?;
+    let transitions = visit.refresh_segments(ctx, tx, now).await?;
     let input = Input::Event(stored.event.clone());
     let mut n_messages = 0;
-    let mut still_active = BTreeSet::new();
-
-    for enrollment in tx.active_enrollments(id).await? {
+    for enrollment in tx.active_enrollments(&stored.customer_id).await? {
         let Some(workflow) = ctx
             .catalog
             .version(
@@ -191,70 +352,34 @@ async fn on_event(
         else {
             continue; // Exited as broken at its next wake-up.
         };
-        let facts = Facts {
-            customer: &state.customer,
-            segments: &segments,
-            history: &history,
-            policy: &ctx.policy,
-            recent_sends: &sends,
-        };
-        let result = step(&workflow, &enrollment, &facts, &input, now);
-        if result.enrollment != enrollment {
-            n_messages += apply(ctx, tx, &workflow, &result, &mut state, now).await?;
-            note_sends(&result, &mut sends, now);
-        }
-        if result.enrollment.is_active() {
-            still_active.insert(enrollment.workflow_id.to_string());
-        }
+        n_messages += visit
+            .step(ctx, tx, &workflow, &enrollment, &input, now)
+            .await?;
     }
-
-    for workflow in ctx.catalog.current() {
-        if paused.contains(workflow.id.as_str()) || !enrolls_on_event(workflow, &stored.event) {
-            continue;
-        }
-        let past = PastEntries {
-            active: still_active.contains(workflow.id.as_str()),
-            last_entered_at: tx.last_entered(workflow.id.as_str(), id).await?,
-        };
-        if may_enter(workflow.entry, past, now) != EntryDecision::Enter {
+    let workflows: Vec<Arc<Workflow>> = ctx.catalog.current().cloned().collect();
+    for workflow in workflows {
+        if paused.contains(workflow.id.as_str()) || !enrolls_on_event(&workflow, &stored.event) {
             continue;
         }
         // Derived from the event's sequence number, so a replay after a crash gives the
         // same enrollment and the same message keys.
-        let enrollment_id = format!("{}:{}:{}", workflow.id, id, stored.seq);
-        let new = Enrollment::new(
-            enrollment_id,
-            workflow,
-            id.clone(),
-            Some(stored.event.clone()),
-            now,
-        );
-        let facts = Facts {
-            customer: &state.customer,
-            segments: &segments,
-            history: &history,
-            policy: &ctx.policy,
-            recent_sends: &sends,
-        };
-        let result = step(workflow, &new, &facts, &Input::Enter, now);
-        n_messages += apply(ctx, tx, workflow, &result, &mut state, now).await?;
-        note_sends(&result, &mut sends, now);
+        let enrollment_id = format!("{}:{}:{}", workflow.id, stored.customer_id, stored.seq);
+        n_messages += visit
+            .enter(
+                ctx,
+                tx,
+                &workflow,
+                Some(stored.event.clone()),
+                enrollment_id,
+                now,
+            )
+            .await?;
     }
-
-    if state.changed {
-        tx.put_customer(&state.customer, now).await?;
-    }
+    n_messages += visit
+        .enter_by_segments(ctx, tx, &transitions, paused, now)
+        .await?;
+    visit.save(tx, now).await?;
     Ok(n_messages)
-}
-
-/// Adds a step's marketing sends to the ones caps count, so the next workflow stepped for
-/// the same event sees them.
-fn note_sends(step: &crate::engine::Step, sends: &mut Vec<(Channel, Timestamp)>, now: Timestamp) {
-    for effect in &step.effects {
-        if let crate::engine::Effect::Send(message) = effect {
-            sends.push((message.channel, now));
-        }
-    }
 }
 
 /// Wakes one due enrollment.
@@ -283,27 +408,69 @@ async fn on_wake(
         tx.save_enrollment(&ended, now).await?;
         return Ok(0);
     };
-    let id = &enrollment.customer_id;
-    let mut state = CustomerState {
-        customer: load_customer(tx, id).await?,
-        changed: false,
-    };
-    let history = tx.history(id, ctx.catalog.history_since(now)).await?;
-    let sends = load_recent_sends(ctx, tx, id, now).await?;
-    let segments = BTreeSet::new();
-    let facts = Facts {
-        customer: &state.customer,
-        segments: &segments,
-        history: &history,
-        policy: &ctx.policy,
-        recent_sends: &sends,
-    };
-    let result = step(&workflow, enrollment, &facts, &Input::Wake, now);
-    let n = apply(ctx, tx, &workflow, &result, &mut state, now).await?;
-    if state.changed {
-        tx.put_customer(&state.customer, now).await?;
-    }
+    let mut visit = Visit::load(ctx, tx, &enrollment.customer_id, now).await?;
+    let n = visit
+        .step(ctx, tx, &workflow, enrollment, &Input::Wake, now)
+        .await?;
+    visit.save(tx, now).await?;
     Ok(n)
+}
+
+/// Adds a step's marketing sends to the ones caps count, so the next workflow stepped for
+/// the same customer sees them.
+fn note_sends(step: &crate::engine::Step, sends: &mut Vec<(Channel, Timestamp)>, now: Timestamp) {
+    for effect in &step.effects {
+        if let crate::engine::Effect::Send(message) = effect {
+            sends.push((message.channel, now));
+        }
+    }
+}
+
+/// Customers per transaction in a segment sweep.
+const SWEEP_BATCH: u32 = 500;
+
+/// Recomputes every customer's segments at `now`, firing segment triggers for each
+/// transition; for conditions that become true with time alone ("no order in 60 days").
+/// Returns how many customers entered or left a segment.
+///
+/// # Errors
+/// A database error; the batch in progress is rolled back.
+pub async fn refresh_segments(ctx: &SchedulerCtx, now: Timestamp) -> Result<usize, store::Error> {
+    if ctx.catalog.segments().is_empty() {
+        return Ok(0);
+    }
+    let paused = ctx.store.paused().await?;
+    let mut after: Option<String> = None;
+    let mut changed = 0;
+    loop {
+        let ids = ctx
+            .store
+            .customer_ids_after(after.as_deref(), SWEEP_BATCH)
+            .await?;
+        let Some(last) = ids.last() else { break };
+        after = Some(last.to_string());
+        let mut tx = ctx.store.begin().await?;
+        let mut n_messages = 0;
+        for id in &ids {
+            let mut visit = Visit::load(ctx, &mut tx, id, now).await?;
+            for enrollment in tx.active_enrollments(id).await? {
+                visit.active_in.insert(enrollment.workflow_id.to_string());
+            }
+            let transitions = visit.refresh_segments(ctx, &mut tx, now).await?;
+            if !transitions.0.is_empty() || !transitions.1.is_empty() {
+                changed += 1;
+                n_messages += visit
+                    .enter_by_segments(ctx, &mut tx, &transitions, &paused, now)
+                    .await?;
+            }
+            visit.save(&mut tx, now).await?;
+        }
+        tx.commit().await?;
+        if n_messages > 0 {
+            ctx.outbox_nudge.notify_one();
+        }
+    }
+    Ok(changed)
 }
 
 /// Ticks until `shutdown`: after each tick it sleeps until the next wake-up (at most
@@ -316,6 +483,26 @@ pub async fn run(
 ) {
     while !shutdown.is_cancelled() {
         let now = clock.now();
+        let due = {
+            let last = ctx
+                .last_refresh
+                .lock()
+                .expect("the lock is never held across a panic");
+            last.is_none_or(|at| {
+                Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO)
+                    >= ctx.segment_refresh
+            })
+        };
+        if due {
+            match refresh_segments(&ctx, now).await {
+                Ok(_) => {
+                    *ctx.last_refresh
+                        .lock()
+                        .expect("the lock is never held across a panic") = Some(now)
+                }
+                Err(err) => error!(error = %error_chain(&err), "Segment refresh failed; retrying."),
+            }
+        }
         let sleep = match tick(&ctx, now).await {
             Ok(report) => report
                 .next_wake

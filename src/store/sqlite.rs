@@ -128,7 +128,7 @@ impl Store {
     /// On a database or decode error.
     pub async fn recent_events(&self, id: &CustomerId, limit: u32) -> Result<Vec<Event>, Error> {
         let rows = sqlx::query(
-            "SELECT id, name, at, properties FROM events WHERE customer_id = ? ORDER BY at DESC, seq DESC LIMIT ?",
+            "SELECT id, name, at, properties FROM events WHERE customer_id = ? AND name NOT LIKE '$%' ORDER BY at DESC, seq DESC LIMIT ?",
         )
         .bind(id.as_str())
         .bind(limit)
@@ -416,6 +416,42 @@ impl Store {
         Ok(value)
     }
 
+    /// Up to `limit` customer ids after `after`, in order: for sweeps over every customer.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn customer_ids_after(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<CustomerId>, Error> {
+        let rows = sqlx::query("SELECT id FROM customers WHERE id > ? ORDER BY id LIMIT ?")
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("listing customers"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| CustomerId::parse(r.get::<String, _>(0)).ok())
+            .collect())
+    }
+
+    /// The members of a segment, for tests and reports.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn segment_members(&self, segment: &str) -> Result<Vec<String>, Error> {
+        let rows = sqlx::query(
+            "SELECT customer_id FROM segment_members WHERE segment = ? ORDER BY customer_id",
+        )
+        .bind(segment)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("reading segment members"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Counts messages by status, for tests and reports.
     ///
     /// # Errors
@@ -617,6 +653,45 @@ impl Tx {
         .await
         .map_err(query("reading past entries"))?;
         Ok(row.get::<Option<i64>, _>(0).map(from_millis))
+    }
+
+    /// The segments the customer was in when last computed.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn segments_of(&mut self, id: &CustomerId) -> Result<BTreeSet<String>, Error> {
+        let rows = sqlx::query("SELECT segment FROM segment_members WHERE customer_id = ?")
+            .bind(id.as_str())
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(query("reading segment membership"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Records that the customer entered (`member`) or left a segment.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn set_member(
+        &mut self,
+        segment: &str,
+        id: &CustomerId,
+        member: bool,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let sql = if member {
+            "INSERT OR IGNORE INTO segment_members (segment, customer_id, since) VALUES (?, ?, ?)"
+        } else {
+            "DELETE FROM segment_members WHERE segment = ? AND customer_id = ? AND ? IS NOT NULL"
+        };
+        sqlx::query(sql)
+            .bind(segment)
+            .bind(id.as_str())
+            .bind(millis(now))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query("writing segment membership"))?;
+        Ok(())
     }
 
     /// The customer's marketing messages queued or sent since `since`, per channel: what
@@ -890,6 +965,7 @@ impl Tx {
             "UPDATE messages SET customer_id = ?2, payload = '{\"channel\":\"none\"}' WHERE customer_id = ?1",
             "UPDATE enrollments SET customer_id = ?2, active = 0, wake_at = NULL, node = NULL, state = '{}' WHERE customer_id = ?1",
             "UPDATE conversions SET customer_id = ?2 WHERE customer_id = ?1",
+            "DELETE FROM segment_members WHERE customer_id = ?1 AND ?2 IS NOT NULL",
         ];
         for sql in statements {
             sqlx::query(sql)

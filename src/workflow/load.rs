@@ -27,7 +27,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problem> {
 
 /// serde-saphyr appends " at line N column M" to its messages; the line already leads
 /// our message, so keep just the sentence.
-fn clean_message(message: &str) -> String {
+pub(crate) fn clean_message(message: &str) -> String {
     let first = message.lines().next().unwrap_or(message);
     let trimmed = match first.rfind(" at line ") {
         Some(at) => &first[..at],

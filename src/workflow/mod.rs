@@ -41,6 +41,7 @@ mod local_time;
 mod node;
 mod problem;
 pub mod schema;
+mod segment;
 mod trigger;
 pub mod validate;
 
@@ -60,6 +61,9 @@ pub use node::{
     Arm, Branch, Case, Method, Node, SendEmail, SendSms, Split, Update, Wait, WaitForEvent, Webhook,
 };
 pub use problem::Problem;
+pub use segment::{
+    Segment, SegmentDef, SegmentsFile, history_need as segments_history_need, load_segments,
+};
 pub use trigger::{
     Category, DateTrigger, Entry, EventTrigger, Goal, Repeat, ScheduleTrigger, Trigger,
 };

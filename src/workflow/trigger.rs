@@ -15,6 +15,8 @@ pub enum Trigger {
     Event(EventTrigger),
     /// The customer enters the named segment.
     SegmentEntered(String),
+    /// The customer leaves the named segment.
+    SegmentExited(String),
     /// A cron schedule, for broadcasts.
     Schedule(Box<ScheduleTrigger>),
     /// A date attribute, such as a birthday, comes round.

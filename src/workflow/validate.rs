@@ -8,20 +8,46 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 
-use super::{Comparison, Condition, Entry, Node, Problem, Split, Trigger, Wait, Webhook, Workflow};
+use super::{
+    Comparison, Condition, Entry, Node, Problem, SegmentDef, Split, Trigger, Wait, Webhook,
+    Workflow,
+};
 use crate::engine::time::parse_cron;
 use crate::model::{NodeId, check_zone};
 use crate::template::Templates;
 
+/// What [`check_paths`] read: everything that loaded, and every problem found.
+#[derive(Debug)]
+pub struct Checked {
+    /// The workflows that parsed.
+    pub workflows: Vec<Workflow>,
+    /// The templates that compiled.
+    pub templates: Templates,
+    /// The segments that parsed.
+    pub segments: Vec<SegmentDef>,
+    /// Every problem, sorted by file and line.
+    pub problems: Vec<Problem>,
+}
+
 /// Loads and checks every workflow in `workflow_paths` (files or folders) against the
-/// templates in `template_dir`, returning every problem, sorted by file and line.
-pub fn check_paths(
-    workflow_paths: &[&Path],
-    template_dir: &Path,
-) -> (Vec<Workflow>, Templates, Vec<Problem>) {
+/// templates in `template_dir` and the segments defined beside the workflows.
+pub fn check_paths(workflow_paths: &[&Path], template_dir: &Path) -> Checked {
     let (templates, mut problems) = Templates::load(template_dir);
     let mut workflows: Vec<Workflow> = Vec::new();
+    let mut segments = Vec::new();
+    let mut segment_dirs: Vec<&Path> = Vec::new();
     for path in workflow_paths {
+        let dir = if path.is_dir() {
+            *path
+        } else {
+            path.parent().unwrap_or(Path::new("."))
+        };
+        if !segment_dirs.contains(&dir) {
+            segment_dirs.push(dir);
+            let (found, segment_problems) = super::load_segments(dir);
+            segments.extend(found);
+            problems.extend(segment_problems);
+        }
         if path.is_dir() {
             let (found, load_problems) = super::load_dir(path);
             workflows.extend(found);
@@ -33,12 +59,61 @@ pub fn check_paths(
             }
         }
     }
+    let known: BTreeSet<&str> = segments
+        .iter()
+        .map(|s: &SegmentDef| s.id.as_str())
+        .collect();
     for wf in &workflows {
         problems.extend(validate(wf, &templates));
+        problems.extend(check_segment_names(wf, &known));
     }
     problems.sort();
     problems.dedup();
-    (workflows, templates, problems)
+    Checked {
+        workflows,
+        templates,
+        segments,
+        problems,
+    }
+}
+
+/// Segment names in triggers, branches and audiences must name defined segments.
+fn check_segment_names(wf: &Workflow, known: &BTreeSet<&str>) -> Vec<Problem> {
+    let file = wf.source.path.as_path();
+    let unknown = |name: &str| {
+        format!("unknown segment {name:?} (define it in segments.yaml beside the workflows)")
+    };
+    let mut problems = Vec::new();
+    let in_condition = |c: &Condition, place: String, line: u32, problems: &mut Vec<Problem>| {
+        c.walk(&mut |c| {
+            if let Condition::InSegment(name) = c
+                && !known.contains(name.as_str())
+            {
+                problems.push(Problem::at(file, line, unknown(name)).in_place(place.clone()));
+            }
+        });
+    };
+    match &wf.trigger.value {
+        Trigger::SegmentEntered(name) | Trigger::SegmentExited(name)
+            if !known.contains(name.as_str()) =>
+        {
+            problems.push(Problem::at(file, wf.trigger.line, unknown(name)).in_place("trigger"));
+        }
+        Trigger::Schedule(s) => {
+            if let Some(audience) = &s.audience {
+                in_condition(audience, "trigger".into(), wf.trigger.line, &mut problems);
+            }
+        }
+        _ => {}
+    }
+    for (id, node) in &wf.nodes {
+        if let Node::Branch(b) = &node.value {
+            for case in &b.cases {
+                in_condition(&case.when, format!("node {id}"), node.line, &mut problems);
+            }
+        }
+    }
+    problems
 }
 
 /// Every problem in one parsed workflow.
@@ -275,7 +350,7 @@ fn check_trigger(trigger: &Trigger, notes: &mut Vec<String>) {
             }
             check_comparisons(&t.filter, notes);
         }
-        Trigger::SegmentEntered(segment) => {
+        Trigger::SegmentEntered(segment) | Trigger::SegmentExited(segment) => {
             if segment.trim().is_empty() {
                 notes.push("segment name is empty".into());
             }
@@ -315,7 +390,7 @@ fn check_comparisons(list: &[Comparison], notes: &mut Vec<String>) {
     }
 }
 
-fn check_condition(condition: &Condition, notes: &mut Vec<String>) {
+pub(crate) fn check_condition(condition: &Condition, notes: &mut Vec<String>) {
     condition.walk(&mut |c| match c {
         Condition::Attribute(cmp) | Condition::Event(cmp) | Condition::Trigger(cmp) => {
             if let Err(err) = cmp.op() {

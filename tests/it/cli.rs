@@ -51,9 +51,12 @@ fn validate_reports_every_problem_in_the_broken_fixtures_with_file_line_and_node
     tests/fixtures/broken/workflows/graph.yaml:40: node orphan: unreachable: no path from start leads here
     tests/fixtures/broken/workflows/schedule.yaml:4: trigger: invalid cron expression "0 25 * * MON": Component error: Number out of bounds.
     tests/fixtures/broken/workflows/schedule.yaml:4: trigger: unknown time zone "Mars/Olympus" (expected an IANA name such as "Europe/Paris"), or "customer" for each customer's own zone
+    tests/fixtures/broken/workflows/segments.yaml:3: segment vip: comparison on "tier" needs one operator (eq, ne, gt, gte, lt, lte, in, contains, exists)
+    tests/fixtures/broken/workflows/segments.yaml:3: segment vip: in_segment "later": only segments defined above this one can be used
     tests/fixtures/broken/workflows/syntax.yaml:5: while parsing a flow mapping, did not find expected ',' or '}'
     tests/fixtures/broken/workflows/unknown_key.yaml:12: unknown field `colour`, expected one of template, from, reply_to, next
-    20 problems
+    tests/fixtures/broken/workflows/unknown_segment.yaml:4: trigger: unknown segment "nobody" (define it in segments.yaml beside the workflows)
+    23 problems
     "#);
 }
 

@@ -13,5 +13,6 @@ mod import;
 mod kannel;
 mod lifecycle;
 mod runtime;
+mod segments;
 mod simulate;
 mod tidy;
