@@ -109,3 +109,12 @@ CREATE TABLE segment_members (
     PRIMARY KEY (segment, customer_id)
 );
 CREATE INDEX segment_members_by_customer ON segment_members (customer_id);
+
+-- Addresses that must never be sent to again: hard bounces, complaints.
+CREATE TABLE suppressions (
+    channel  TEXT NOT NULL,
+    address  TEXT NOT NULL,
+    reason   TEXT NOT NULL,
+    at       INTEGER NOT NULL,
+    PRIMARY KEY (channel, address)
+);

@@ -5,6 +5,7 @@ mod customers;
 pub mod error;
 pub mod events;
 mod health;
+mod inbound;
 mod kannel;
 mod unsubscribe;
 mod workflows;
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
                 .patch(customers::patch)
                 .delete(customers::delete),
         )
+        .route("/bounces", post(inbound::bounce))
         .route("/workflows", get(workflows::list))
         .route("/workflows/{id}", get(workflows::get_one))
         .route("/workflows/{id}/pause", post(workflows::pause))
@@ -70,6 +72,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/kannel/dlr", get(kannel::report).post(kannel::report))
+        .route("/sms/inbound", post(inbound::sms))
         .route(
             "/unsubscribe/{token}",
             get(unsubscribe::confirm).post(unsubscribe::unsubscribe),

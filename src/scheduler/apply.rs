@@ -31,7 +31,16 @@ pub(super) async fn apply(
     for effect in &step.effects {
         match effect {
             Effect::Send(message) => {
-                let new = render_message(ctx, workflow, enrollment, &state.customer, message);
+                let mut new = render_message(ctx, workflow, enrollment, &state.customer, message);
+                let address = state.customer.address(message.channel).unwrap_or_default();
+                if let Some(reason) = tx.suppression(message.channel, address).await? {
+                    new.status = MessageStatus::Suppressed;
+                    new.payload = Payload::None;
+                    new.note = Some(format!(
+                        "{}: address suppressed ({reason})",
+                        message.channel
+                    ));
+                }
                 n_messages += usize::from(new.status == MessageStatus::Pending);
                 tx.insert_message(&new, now).await?;
             }

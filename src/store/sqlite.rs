@@ -917,6 +917,75 @@ impl Tx {
         Ok(known)
     }
 
+    /// Customers whose profile has this phone number (E.164) or email address.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn customers_by_address(
+        &mut self,
+        channel: crate::model::Channel,
+        address: &str,
+    ) -> Result<Vec<Customer>, Error> {
+        let field = match channel {
+            crate::model::Channel::Email => "$.email",
+            crate::model::Channel::Sms => "$.phone",
+        };
+        let rows = sqlx::query(
+            "SELECT profile FROM customers WHERE json_extract(profile, ?) = ? COLLATE NOCASE",
+        )
+        .bind(field)
+        .bind(address)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query("finding customers by address"))?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(r.get::<&str, _>(0)).map_err(decode("a customer profile"))
+            })
+            .collect()
+    }
+
+    /// Suppresses an address for good (hard bounce, complaint).
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn suppress(
+        &mut self,
+        channel: crate::model::Channel,
+        address: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        sqlx::query("INSERT OR REPLACE INTO suppressions (channel, address, reason, at) VALUES (?, lower(?), ?, ?)")
+            .bind(channel.as_str())
+            .bind(address)
+            .bind(reason)
+            .bind(millis(now))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query("suppressing an address"))?;
+        Ok(())
+    }
+
+    /// Why an address is suppressed, if it is.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn suppression(
+        &mut self,
+        channel: crate::model::Channel,
+        address: &str,
+    ) -> Result<Option<String>, Error> {
+        let row =
+            sqlx::query("SELECT reason FROM suppressions WHERE channel = ? AND address = lower(?)")
+                .bind(channel.as_str())
+                .bind(address)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(query("reading suppressions"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// Cancels the customer's queued marketing messages on `channel` (after an opt-out).
     /// Transactional messages, which need no marketing consent, stay.
     ///

@@ -365,6 +365,10 @@ async fn the_openapi_document_describes_every_route() {
         ("/v1/workflows/{id}", "get"),
         ("/v1/workflows/{id}/pause", "post"),
         ("/v1/workflows/{id}/resume", "post"),
+        ("/v1/bounces", "post"),
+        ("/sms/inbound", "post"),
+        ("/kannel/dlr", "get"),
+        ("/unsubscribe/{token}", "post"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),

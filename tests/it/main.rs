@@ -10,6 +10,7 @@ mod engine;
 mod engine_props;
 mod helpers;
 mod import;
+mod inbound;
 mod kannel;
 mod lifecycle;
 mod runtime;
