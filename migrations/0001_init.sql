@@ -118,3 +118,20 @@ CREATE TABLE suppressions (
     at       INTEGER NOT NULL,
     PRIMARY KEY (channel, address)
 );
+
+-- The next occurrence of each time-based trigger (schedule, date attribute) per customer.
+CREATE TABLE scheduled_fires (
+    workflow_id  TEXT NOT NULL,
+    customer_id  TEXT NOT NULL,
+    fire_at      INTEGER NOT NULL,
+    PRIMARY KEY (workflow_id, customer_id)
+);
+CREATE INDEX scheduled_fires_due ON scheduled_fires (fire_at);
+
+-- Occurrences already handled: a broadcast never enrolls anyone twice for one occurrence.
+CREATE TABLE trigger_fires (
+    workflow_id  TEXT NOT NULL,
+    customer_id  TEXT NOT NULL,
+    occurrence   INTEGER NOT NULL,
+    PRIMARY KEY (workflow_id, customer_id, occurrence)
+);

@@ -19,7 +19,9 @@ use tracing::{error, instrument};
 pub use catalog::Catalog;
 
 use crate::clock::Clock;
-use crate::engine::entry::{EntryDecision, PastEntries, enrolls_on_event, may_enter};
+use crate::engine::entry::{
+    EntryDecision, PastEntries, enrolls_on_event, in_audience, may_enter, next_fire,
+};
 use crate::engine::policy::SendPolicy;
 use crate::engine::{Enrollment, ExitReason, Facts, Input, Status, step};
 use crate::model::{Channel, Customer, CustomerId};
@@ -93,6 +95,8 @@ pub struct TickReport {
     pub events: usize,
     /// Enrollments woken.
     pub woken: usize,
+    /// Schedule and date trigger occurrences handled.
+    pub fired: usize,
     /// Messages added to the outbox.
     pub messages: usize,
     /// The next wake-up, if any.
@@ -131,6 +135,18 @@ pub async fn tick(ctx: &SchedulerCtx, now: Timestamp) -> Result<TickReport, stor
         }
         tx.commit().await?;
         report.woken += due.len();
+    }
+    for _ in 0..MAX_ROUNDS {
+        let mut tx = ctx.store.begin().await?;
+        let fires = tx.due_fires(now, ctx.batch_size).await?;
+        if fires.is_empty() {
+            break;
+        }
+        for fire in &fires {
+            report.messages += on_fire(ctx, &mut tx, fire, &paused, now).await?;
+        }
+        tx.commit().await?;
+        report.fired += fires.len();
     }
     if report.messages > 0 {
         ctx.outbox_nudge.notify_one();
@@ -320,6 +336,27 @@ impl Visit {
         Ok(n)
     }
 
+    /// Keeps the next occurrence of every time-based trigger current for this customer (their
+    /// zone or date attribute may have changed).
+    async fn schedule_fires(
+        &self,
+        ctx: &SchedulerCtx,
+        tx: &mut Tx,
+        now: Timestamp,
+    ) -> Result<(), store::Error> {
+        for workflow in ctx.catalog.current() {
+            if matches!(
+                workflow.trigger.value,
+                Trigger::Schedule(_) | Trigger::DateAttribute(_)
+            ) {
+                let next = next_fire(workflow, &self.state.customer, now);
+                tx.schedule_fire(workflow.id.as_str(), &self.id, next, now)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn save(self, tx: &mut Tx, now: Timestamp) -> Result<(), store::Error> {
         if self.state.changed {
             tx.put_customer(&self.state.customer, now).await?;
@@ -378,8 +415,52 @@ async fn on_event(
     n_messages += visit
         .enter_by_segments(ctx, tx, &transitions, paused, now)
         .await?;
+    visit.schedule_fires(ctx, tx, now).await?;
     visit.save(tx, now).await?;
     Ok(n_messages)
+}
+
+/// Handles one due occurrence of a schedule or date trigger: enrolls the customer if they
+/// are in the audience (once per occurrence), then schedules the next occurrence.
+async fn on_fire(
+    ctx: &SchedulerCtx,
+    tx: &mut Tx,
+    fire: &(String, CustomerId, Timestamp),
+    paused: &BTreeSet<String>,
+    now: Timestamp,
+) -> Result<usize, store::Error> {
+    let (workflow_id, customer_id, occurrence) = fire;
+    let Some(workflow) = ctx.catalog.get(workflow_id).cloned() else {
+        tx.advance_fire(workflow_id, customer_id, None).await?;
+        return Ok(0);
+    };
+    let mut visit = Visit::load(ctx, tx, customer_id, now).await?;
+    for enrollment in tx.active_enrollments(customer_id).await? {
+        visit.active_in.insert(enrollment.workflow_id.to_string());
+    }
+    let mut n = 0;
+    let first_time = tx
+        .record_fire(workflow_id, customer_id, *occurrence)
+        .await?;
+    let scope = crate::engine::condition::Scope {
+        customer: &visit.state.customer,
+        event: None,
+        trigger: None,
+        segments: &visit.segments,
+        history: &visit.history,
+        now,
+    };
+    if first_time && !paused.contains(workflow_id.as_str()) && in_audience(&workflow, &scope) {
+        let id = format!(
+            "{workflow_id}:{customer_id}:at-{}",
+            occurrence.as_millisecond()
+        );
+        n = visit.enter(ctx, tx, &workflow, None, id, now).await?;
+    }
+    let next = next_fire(&workflow, &visit.state.customer, (*occurrence).max(now));
+    tx.advance_fire(workflow_id, customer_id, next).await?;
+    visit.save(tx, now).await?;
+    Ok(n)
 }
 
 /// Wakes one due enrollment.
@@ -430,13 +511,20 @@ fn note_sends(step: &crate::engine::Step, sends: &mut Vec<(Channel, Timestamp)>,
 const SWEEP_BATCH: u32 = 500;
 
 /// Recomputes every customer's segments at `now`, firing segment triggers for each
-/// transition; for conditions that become true with time alone ("no order in 60 days").
+/// transition (for conditions that become true with time alone, "no order in 60 days"), and
+/// schedules time-based triggers for customers who have none yet (new workflows, imports).
 /// Returns how many customers entered or left a segment.
 ///
 /// # Errors
 /// A database error; the batch in progress is rolled back.
 pub async fn refresh_segments(ctx: &SchedulerCtx, now: Timestamp) -> Result<usize, store::Error> {
-    if ctx.catalog.segments().is_empty() {
+    let time_triggers = ctx.catalog.current().any(|w| {
+        matches!(
+            w.trigger.value,
+            Trigger::Schedule(_) | Trigger::DateAttribute(_)
+        )
+    });
+    if ctx.catalog.segments().is_empty() && !time_triggers {
         return Ok(0);
     }
     let paused = ctx.store.paused().await?;
@@ -463,6 +551,7 @@ pub async fn refresh_segments(ctx: &SchedulerCtx, now: Timestamp) -> Result<usiz
                     .enter_by_segments(ctx, &mut tx, &transitions, &paused, now)
                     .await?;
             }
+            visit.schedule_fires(ctx, &mut tx, now).await?;
             visit.save(&mut tx, now).await?;
         }
         tx.commit().await?;

@@ -694,6 +694,108 @@ impl Tx {
         Ok(())
     }
 
+    /// Sets the next occurrence of a time-based trigger for a customer (`None` removes it).
+    /// An occurrence already due and not yet handled is kept.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn schedule_fire(
+        &mut self,
+        workflow_id: &str,
+        id: &CustomerId,
+        fire_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        match fire_at {
+            Some(at) => sqlx::query(
+                "INSERT INTO scheduled_fires (workflow_id, customer_id, fire_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (workflow_id, customer_id) DO UPDATE SET fire_at = excluded.fire_at
+                 WHERE scheduled_fires.fire_at > ?4",
+            )
+            .bind(workflow_id)
+            .bind(id.as_str())
+            .bind(millis(at))
+            .bind(millis(now)),
+            None => sqlx::query("DELETE FROM scheduled_fires WHERE workflow_id = ?1 AND customer_id = ?2 AND fire_at > ?3")
+                .bind(workflow_id)
+                .bind(id.as_str())
+                .bind(millis(now)),
+        }
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("scheduling a trigger"))?;
+        Ok(())
+    }
+
+    /// Replaces a handled occurrence with the next one (`None`: no more).
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn advance_fire(
+        &mut self,
+        workflow_id: &str,
+        id: &CustomerId,
+        next: Option<Timestamp>,
+    ) -> Result<(), Error> {
+        match next {
+            Some(at) => sqlx::query("UPDATE scheduled_fires SET fire_at = ? WHERE workflow_id = ? AND customer_id = ?").bind(millis(at)),
+            None => sqlx::query("DELETE FROM scheduled_fires WHERE ?1 IS NULL AND workflow_id = ?2 AND customer_id = ?3").bind(Option::<i64>::None),
+        }
+        .bind(workflow_id)
+        .bind(id.as_str())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("advancing a trigger"))?;
+        Ok(())
+    }
+
+    /// Up to `limit` trigger occurrences due at `now`: `(workflow id, customer, occurrence)`.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn due_fires(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(String, CustomerId, Timestamp)>, Error> {
+        let rows = sqlx::query("SELECT workflow_id, customer_id, fire_at FROM scheduled_fires WHERE fire_at <= ? ORDER BY fire_at LIMIT ?")
+            .bind(millis(now))
+            .bind(limit)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(query("claiming due triggers"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.get(0),
+                    CustomerId::parse(r.get::<String, _>(1)).ok()?,
+                    from_millis(r.get(2)),
+                ))
+            })
+            .collect())
+    }
+
+    /// Records that an occurrence was handled; false when it was already.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn record_fire(
+        &mut self,
+        workflow_id: &str,
+        id: &CustomerId,
+        occurrence: Timestamp,
+    ) -> Result<bool, Error> {
+        let done = sqlx::query("INSERT OR IGNORE INTO trigger_fires (workflow_id, customer_id, occurrence) VALUES (?, ?, ?)")
+            .bind(workflow_id)
+            .bind(id.as_str())
+            .bind(millis(occurrence))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query("recording a trigger occurrence"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// The customer's marketing messages queued or sent since `since`, per channel: what
     /// frequency caps count.
     ///
@@ -1035,6 +1137,7 @@ impl Tx {
             "UPDATE enrollments SET customer_id = ?2, active = 0, wake_at = NULL, node = NULL, state = '{}' WHERE customer_id = ?1",
             "UPDATE conversions SET customer_id = ?2 WHERE customer_id = ?1",
             "DELETE FROM segment_members WHERE customer_id = ?1 AND ?2 IS NOT NULL",
+            "DELETE FROM scheduled_fires WHERE customer_id = ?1 AND ?2 IS NOT NULL",
         ];
         for sql in statements {
             sqlx::query(sql)

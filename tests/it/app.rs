@@ -157,12 +157,13 @@ impl TestApp {
                 .unwrap();
             ticks.events += t.events;
             ticks.woken += t.woken;
+            ticks.fired += t.fired;
             ticks.messages += t.messages;
             ticks.next_wake = t.next_wake;
             drains.sent += d.sent;
             drains.retried += d.retried;
             drains.failed += d.failed;
-            if t.events + t.woken == 0 && d.attempted() == 0 {
+            if t.events + t.woken + t.fired == 0 && d.attempted() == 0 {
                 break;
             }
         }

@@ -3,6 +3,7 @@
 
 mod api;
 mod app;
+mod broadcasts;
 mod cli;
 mod controls;
 mod crash;

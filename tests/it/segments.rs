@@ -54,11 +54,18 @@ async fn a_customer_who_stops_buying_enters_at_risk_once_by_the_sweep_and_gets_t
     assert_eq!(winbacks[0]["next_wake"], "2026-07-02T08:00:00Z");
     app.clock.set(at("2026-07-02T08:00:00Z"));
     app.settle().await;
+    let (_, view) = app.call("GET", "/v1/customers/grace", None).await;
+    let offers: Vec<_> = view["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["template"] == "winback_offer")
+        .cloned()
+        .collect();
+    assert_eq!(offers.len(), 1, "{offers:?}");
     assert_eq!(
-        app.outbox_files().len(),
-        1,
-        "the winback offer: {:?}",
-        app.outbox_files()
+        (offers[0]["status"].clone(), offers[0]["sent_at"].clone()),
+        (json!("sent"), json!("2026-07-02T08:00:00Z"))
     );
 
     // An order takes her out of at_risk at once.

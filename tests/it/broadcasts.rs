@@ -1,0 +1,83 @@
+//! Schedule and date triggers at runtime: each customer at their own local time, once per
+//! occurrence.
+
+use jiff::SignedDuration;
+use serde_json::json;
+
+use crate::app::spawn_app;
+use crate::helpers::at;
+
+#[tokio::test]
+async fn tokyo_and_los_angeles_each_get_the_weekly_newsletter_at_their_local_09_00_once() {
+    let app = spawn_app(&[]).await;
+    app.clock.set(at("2026-05-31T12:00:00Z")); // Sunday
+    for (id, zone) in [("kenji", "Asia/Tokyo"), ("lucy", "America/Los_Angeles")] {
+        app.call("PUT", &format!("/v1/customers/{id}"), Some(json!({"email": format!("{id}@example.com"), "timezone": zone, "consent": {"email": true}}))).await;
+    }
+    app.call(
+        "PUT",
+        "/v1/customers/nomail",
+        Some(json!({"email": "no@example.com", "timezone": "Asia/Tokyo"})),
+    )
+    .await;
+    app.settle().await;
+    assert!(app.outbox_files().is_empty());
+
+    // Monday 09:00 in Tokyo is 00:00 UTC.
+    app.clock.set(at("2026-06-01T00:00:00Z"));
+    let (ticks, _) = app.settle().await;
+    assert_eq!(
+        ticks.fired, 2,
+        "Kenji, and the customer without consent (outside the audience)"
+    );
+    assert_eq!(app.outbox_files().len(), 1);
+    let (_, kenji) = app.call("GET", "/v1/customers/kenji", None).await;
+    assert_eq!(kenji["messages"][0]["template"], "newsletter");
+
+    // Monday 09:00 in Los Angeles is 16:00 UTC.
+    app.clock.set(at("2026-06-01T15:59:00Z"));
+    app.settle().await;
+    assert_eq!(app.outbox_files().len(), 1);
+    app.clock.set(at("2026-06-01T16:00:00Z"));
+    app.settle().await;
+    assert_eq!(app.outbox_files().len(), 2);
+
+    // The sweep and later ticks the same hour enroll nobody again for that occurrence.
+    trellis::scheduler::refresh_segments(&app.service.scheduler, app.now())
+        .await
+        .unwrap();
+    app.advance(SignedDuration::from_mins(30));
+    app.settle().await;
+    assert_eq!(app.outbox_files().len(), 2);
+    // A week on, both again.
+    app.clock.set(at("2026-06-08T16:00:00Z"));
+    app.settle().await;
+    assert_eq!(app.outbox_files().len(), 4);
+}
+
+#[tokio::test]
+async fn a_birthday_greeting_goes_out_at_09_00_local_on_the_daylight_saving_start_day() {
+    let app = spawn_app(&[]).await;
+    app.clock.set(at("2026-03-01T00:00:00Z"));
+    app.call("PUT", "/v1/customers/ada", Some(json!({
+        "email": "ada@example.com", "timezone": "America/New_York", "consent": {"email": true},
+        "attributes": {"first_name": "Ada", "birthday": "1990-03-08", "coupon_code": "BDAY-15", "coupon_expires": "2026-03-31"}
+    }))).await;
+    app.settle().await;
+    let birthday_mails = || {
+        app.outbox_files()
+            .into_iter()
+            .map(|f| std::fs::read_to_string(app.outbox.join(f)).unwrap())
+            .filter(|m| m.contains("Subject: Happy birthday, Ada!"))
+            .collect::<Vec<_>>()
+    };
+    // Ada also gets the weekly newsletter on Monday 03-02; only the greeting matters here.
+    app.clock.set(at("2026-03-08T12:59:00Z"));
+    app.settle().await;
+    assert!(birthday_mails().is_empty());
+    app.clock.set(at("2026-03-08T13:00:00Z"));
+    app.settle().await;
+    let mails = birthday_mails();
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].contains("BDAY-15"), "{}", mails[0]);
+}
