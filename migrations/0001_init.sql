@@ -93,6 +93,7 @@ CREATE TABLE conversions (
     event          TEXT NOT NULL,
     value          REAL,
     arm            TEXT,
+    message_key    TEXT,                    -- the message credited: the last one received within the attribution window
     at             INTEGER NOT NULL
 );
 

@@ -132,6 +132,9 @@ pub struct ServeConfig {
     /// become true with time alone ("no order in 60 days").
     #[arg(long, env = "TRELLIS_SEGMENT_REFRESH", default_value = "5m")]
     pub segment_refresh: crate::workflow::Duration,
+    /// A goal is credited to the last message of the workflow received within this window.
+    #[arg(long, env = "TRELLIS_ATTRIBUTION_WINDOW", default_value = "5d")]
+    pub attribution_window: crate::workflow::Duration,
     /// Quiet hours, caps, default time zone.
     #[command(flatten)]
     pub policy: PolicyArgs,

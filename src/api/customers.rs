@@ -174,11 +174,13 @@ pub(super) async fn get_one(
     let events = state.store.recent_events(&id, 20).await?;
     let enrollments = state.store.enrollments_of(&id).await?;
     let messages = state.store.messages_of(&id).await?;
+    let conversions = state.store.conversions_of(&id).await?;
     Ok(Json(json!({
         "customer": customer,
         "recent_events": events,
         "enrollments": enrollments,
         "messages": messages,
+        "conversions": conversions,
     })))
 }
 

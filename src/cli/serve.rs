@@ -171,6 +171,7 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             policy: Arc::new(config.policy.to_policy().map_err(anyhow::Error::msg)?),
             segment_refresh: config.segment_refresh.as_signed().unsigned_abs(),
             last_refresh: Arc::default(),
+            attribution_window: config.attribution_window.as_signed().unsigned_abs(),
         },
         dispatcher: DispatchCtx {
             store: store.clone(),

@@ -81,6 +81,12 @@ pub(super) async fn apply(
                     event: event.clone(),
                     value: *value,
                     arm: enrollment.arm.clone(),
+                    attribution_since: now
+                        .checked_sub(
+                            jiff::SignedDuration::try_from(ctx.attribution_window)
+                                .unwrap_or(jiff::SignedDuration::MAX),
+                        )
+                        .unwrap_or(Timestamp::MIN),
                 };
                 tx.record_conversion(&conversion, now).await?;
             }

@@ -86,6 +86,8 @@ pub struct SchedulerCtx {
     pub segment_refresh: Duration,
     /// When it last ran.
     pub last_refresh: Arc<std::sync::Mutex<Option<Timestamp>>>,
+    /// A conversion is credited to the last message received within this long before it.
+    pub attribution_window: Duration,
 }
 
 /// What one tick did.

@@ -251,6 +251,25 @@ pub struct Conversion {
     pub value: Option<f64>,
     /// The split arm the customer was on.
     pub arm: Option<String>,
+    /// Credit the last message of the workflow received since this instant.
+    pub attribution_since: Timestamp,
+}
+
+/// A conversion as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConversionView {
+    /// Workflow.
+    pub workflow_id: String,
+    /// The goal event.
+    pub event: String,
+    /// Revenue.
+    pub value: Option<f64>,
+    /// The split arm.
+    pub arm: Option<String>,
+    /// The message credited, if one was received within the attribution window.
+    pub message_key: Option<String>,
+    /// When.
+    pub at: Timestamp,
 }
 
 /// An enrollment as the API shows it.

@@ -203,6 +203,32 @@ impl Store {
             .collect())
     }
 
+    /// The customer's conversions, newest first.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn conversions_of(
+        &self,
+        id: &CustomerId,
+    ) -> Result<Vec<super::ConversionView>, Error> {
+        let rows = sqlx::query("SELECT workflow_id, event, value, arm, message_key, at FROM conversions WHERE customer_id = ? ORDER BY at DESC")
+            .bind(id.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("reading conversions"))?;
+        Ok(rows
+            .iter()
+            .map(|r| super::ConversionView {
+                workflow_id: r.get(0),
+                event: r.get(1),
+                value: r.get(2),
+                arm: r.get(3),
+                message_key: r.get(4),
+                at: from_millis(r.get(5)),
+            })
+            .collect())
+    }
+
     /// Active enrollments per workflow.
     ///
     /// # Errors
@@ -298,6 +324,30 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<OutboxMessage>, Error> {
         let mut tx = self.begin().await?;
+        // Consent is checked once more at the last moment: a marketing message queued before
+        // the customer opted out (by any route) never leaves; nor does anything to an address
+        // suppressed since it was queued.
+        sqlx::query(
+            "UPDATE messages SET status = 'cancelled', last_error = 'consent withdrawn before sending', updated_at = ?1
+             WHERE status = 'pending' AND next_attempt_at <= ?1 AND category = 'marketing' AND channel IN ('email', 'sms')
+               AND EXISTS (SELECT 1 FROM customers c WHERE c.id = messages.customer_id
+                           AND coalesce(json_extract(c.profile, '$.consent.' || messages.channel), 0) = 0)",
+        )
+        .bind(millis(now))
+        .execute(&mut *tx.tx)
+        .await
+        .map_err(query("cancelling messages without consent"))?;
+        sqlx::query(
+            "UPDATE messages SET status = 'suppressed', last_error = 'address suppressed before sending', updated_at = ?1
+             WHERE status = 'pending' AND next_attempt_at <= ?1 AND channel IN ('email', 'sms')
+               AND EXISTS (SELECT 1 FROM customers c JOIN suppressions s ON s.channel = messages.channel
+                           AND s.address = lower(json_extract(c.profile, CASE messages.channel WHEN 'email' THEN '$.email' ELSE '$.phone' END))
+                           WHERE c.id = messages.customer_id)",
+        )
+        .bind(millis(now))
+        .execute(&mut *tx.tx)
+        .await
+        .map_err(query("suppressing messages to suppressed addresses"))?;
         let rows = sqlx::query(
             "UPDATE messages SET status = 'sending', updated_at = ?1
              WHERE key IN (
@@ -908,13 +958,18 @@ impl Tx {
         Ok(())
     }
 
-    /// Records a conversion.
+    /// Records a conversion, credited to the last message of the workflow the customer
+    /// received since `attribution_since`.
     ///
     /// # Errors
     /// On a database error.
     pub async fn record_conversion(&mut self, c: &Conversion, now: Timestamp) -> Result<(), Error> {
         sqlx::query(
-            "INSERT OR IGNORE INTO conversions (enrollment_id, workflow_id, customer_id, event, value, arm, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO conversions (enrollment_id, workflow_id, customer_id, event, value, arm, message_key, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+               (SELECT key FROM messages WHERE customer_id = ?3 AND workflow_id = ?2 AND status = 'sent' AND sent_at >= ?8
+                ORDER BY sent_at DESC, key LIMIT 1),
+               ?7)",
         )
         .bind(&c.enrollment_id)
         .bind(&c.workflow_id)
@@ -923,6 +978,7 @@ impl Tx {
         .bind(c.value)
         .bind(&c.arm)
         .bind(millis(now))
+        .bind(millis(c.attribution_since))
         .execute(&mut *self.tx)
         .await
         .map_err(query("recording a conversion"))?;

@@ -243,3 +243,37 @@ fn the_simulator_applies_caps_within_the_journey_and_exempts_transactional_messa
         .collect();
     assert_eq!(sends, ["2026-06-02T18:00:00Z", "2026-06-02T19:00:00Z"]);
 }
+
+#[tokio::test]
+async fn consent_withdrawn_by_patch_stops_an_already_queued_marketing_email() {
+    let app = crate::app::spawn_app(&["--smtp-url", "smtp://127.0.0.1:9"]).await; // nothing listens: the email stays queued
+    app.call(
+        "PUT",
+        "/v1/customers/ada",
+        Some(json!({"email": "ada@example.com", "consent": {"email": true}})),
+    )
+    .await;
+    app.call(
+        "POST",
+        "/v1/events",
+        Some(json!({"customer_id": "ada", "name": "signup"})),
+    )
+    .await;
+    app.settle().await;
+    let (_, view) = app.call("GET", "/v1/customers/ada", None).await;
+    assert_eq!(view["messages"][0]["status"], "pending", "{view}");
+    app.call(
+        "PATCH",
+        "/v1/customers/ada",
+        Some(json!({"consent": {"email": false}})),
+    )
+    .await;
+    app.advance(SignedDuration::from_hours(1));
+    app.settle().await;
+    let (_, view) = app.call("GET", "/v1/customers/ada", None).await;
+    assert_eq!(view["messages"][0]["status"], "cancelled");
+    assert_eq!(
+        view["messages"][0]["last_error"],
+        "consent withdrawn before sending"
+    );
+}

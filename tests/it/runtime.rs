@@ -388,3 +388,61 @@ impl ParseId for &str {
         trellis::model::CustomerId::parse(*self).unwrap()
     }
 }
+
+#[tokio::test]
+async fn a_goal_reached_after_the_reminder_is_credited_to_it_with_its_value() {
+    let app = spawn_app(&[]).await;
+    app.call("PUT", "/v1/customers/ada", Some(ada())).await;
+    app.call("POST", "/v1/events", Some(json!({"customer_id": "ada", "name": "cart_updated", "properties": {"total": 80, "items": []}}))).await;
+    app.settle().await;
+    app.advance(SignedDuration::from_hours(1));
+    app.settle().await; // the reminder email is sent
+    app.advance(SignedDuration::from_hours(2));
+    app.call(
+        "POST",
+        "/v1/events",
+        Some(
+            json!({"customer_id": "ada", "name": "order_completed", "properties": {"value": 80.5}}),
+        ),
+    )
+    .await;
+    app.settle().await;
+    let (_, view) = app.call("GET", "/v1/customers/ada", None).await;
+    let reminder = view["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node"] == "reminder")
+        .unwrap()["key"]
+        .clone();
+    let conversion = &view["conversions"][0];
+    assert_eq!(
+        (
+            conversion["workflow_id"].clone(),
+            conversion["value"].clone()
+        ),
+        (json!("cart_abandonment"), json!(80.5))
+    );
+    assert_eq!(conversion["message_key"], reminder);
+}
+
+#[tokio::test]
+async fn a_goal_with_no_message_received_in_the_attribution_window_is_not_credited() {
+    let app = spawn_app(&["--attribution-window", "1h"]).await;
+    app.call("PUT", "/v1/customers/ada", Some(ada())).await;
+    app.call("POST", "/v1/events", Some(json!({"customer_id": "ada", "name": "cart_updated", "properties": {"total": 80, "items": []}}))).await;
+    app.settle().await;
+    app.advance(SignedDuration::from_hours(1));
+    app.settle().await;
+    app.advance(SignedDuration::from_hours(2));
+    app.call(
+        "POST",
+        "/v1/events",
+        Some(json!({"customer_id": "ada", "name": "order_completed", "properties": {"value": 10}})),
+    )
+    .await;
+    app.settle().await;
+    let (_, view) = app.call("GET", "/v1/customers/ada", None).await;
+    assert_eq!(view["conversions"][0]["value"], 10.0);
+    assert_eq!(view["conversions"][0]["message_key"], json!(null));
+}
