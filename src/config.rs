@@ -132,6 +132,9 @@ pub struct ServeConfig {
     /// become true with time alone ("no order in 60 days").
     #[arg(long, env = "TRELLIS_SEGMENT_REFRESH", default_value = "5m")]
     pub segment_refresh: crate::workflow::Duration,
+    /// Lifecycle thresholds, in days.
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
     /// A goal is credited to the last message of the workflow received within this window.
     #[arg(long, env = "TRELLIS_ATTRIBUTION_WINDOW", default_value = "5d")]
     pub attribution_window: crate::workflow::Duration,
@@ -194,5 +197,30 @@ impl PolicyArgs {
                     .map_err(|e| format!("--default-timezone: {e}"))?,
             ),
         })
+    }
+}
+
+/// Lifecycle thresholds for computed traits, in days.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct LifecycleArgs {
+    /// A first order this recent makes a customer `new`.
+    #[arg(long, env = "TRELLIS_LIFECYCLE_NEW_DAYS", default_value_t = 30)]
+    pub lifecycle_new_days: i64,
+    /// An order this recent makes a customer `active`.
+    #[arg(long, env = "TRELLIS_LIFECYCLE_ACTIVE_DAYS", default_value_t = 90)]
+    pub lifecycle_active_days: i64,
+    /// An order this recent (but not active) makes a customer `at_risk`; older is `lapsed`.
+    #[arg(long, env = "TRELLIS_LIFECYCLE_LAPSED_DAYS", default_value_t = 180)]
+    pub lifecycle_lapsed_days: i64,
+}
+
+impl LifecycleArgs {
+    /// The thresholds.
+    pub fn to_lifecycle(self) -> crate::traits::Lifecycle {
+        crate::traits::Lifecycle {
+            new_days: self.lifecycle_new_days,
+            active_days: self.lifecycle_active_days,
+            lapsed_days: self.lifecycle_lapsed_days,
+        }
     }
 }

@@ -17,5 +17,6 @@ pub mod simulate;
 pub mod store;
 pub mod telemetry;
 pub mod template;
+pub mod traits;
 pub mod unsubscribe;
 pub mod workflow;

@@ -5,6 +5,7 @@ mod import;
 mod schema;
 pub mod serve;
 mod simulate;
+mod traits;
 mod validate;
 
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ pub enum Command {
     Schema,
     /// Load customers or events from a CSV or NDJSON file.
     Import(import::Args),
+    /// Recompute RFM scores, value tiers and lifecycle stages now.
+    Traits(traits::Args),
 }
 
 /// Runs the parsed command line.
@@ -46,5 +49,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(args) => simulate::run(&args),
         Command::Schema => schema::run(),
         Command::Import(args) => import::run(&args),
+        Command::Traits(args) => traits::run(&args),
     }
 }

@@ -172,6 +172,7 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             segment_refresh: config.segment_refresh.as_signed().unsigned_abs(),
             last_refresh: Arc::default(),
             attribution_window: config.attribution_window.as_signed().unsigned_abs(),
+            lifecycle: config.lifecycle.to_lifecycle(),
         },
         dispatcher: DispatchCtx {
             store: store.clone(),

@@ -88,6 +88,8 @@ pub struct SchedulerCtx {
     pub last_refresh: Arc<std::sync::Mutex<Option<Timestamp>>>,
     /// A conversion is credited to the last message received within this long before it.
     pub attribution_window: Duration,
+    /// Lifecycle thresholds for computed traits.
+    pub lifecycle: crate::traits::Lifecycle,
 }
 
 /// What one tick did.
@@ -509,6 +511,22 @@ fn note_sends(step: &crate::engine::Step, sends: &mut Vec<(Channel, Timestamp)>,
     }
 }
 
+/// Recomputes every customer's value traits (RFM, value tier, lifecycle) at `now` and writes
+/// them into their attributes. Returns how many customers were scored.
+///
+/// # Errors
+/// A database error.
+pub async fn recompute_traits(
+    store: &Store,
+    lifecycle: crate::traits::Lifecycle,
+    now: Timestamp,
+) -> Result<usize, store::Error> {
+    let stats = store.order_stats().await?;
+    let traits = crate::traits::compute(&stats, now, lifecycle);
+    store.write_traits(&traits, now).await?;
+    Ok(traits.len())
+}
+
 /// Customers per transaction in a segment sweep.
 const SWEEP_BATCH: u32 = 500;
 
@@ -585,6 +603,10 @@ pub async fn run(
             })
         };
         if due {
+            // Traits first, so the sweep's segments see fresh scores.
+            if let Err(err) = recompute_traits(&ctx.store, ctx.lifecycle, now).await {
+                error!(error = %error_chain(&err), "Recomputing traits failed; retrying.");
+            }
             match refresh_segments(&ctx, now).await {
                 Ok(_) => {
                     *ctx.last_refresh

@@ -502,6 +502,65 @@ impl Store {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// Every customer's `order_completed` statistics, for computed traits.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn order_stats(&self) -> Result<Vec<crate::traits::OrderStats>, Error> {
+        let rows = sqlx::query(
+            "SELECT c.id, COUNT(e.seq), COALESCE(SUM(CAST(json_extract(e.properties, '$.value') AS REAL)), 0.0), MIN(e.at), MAX(e.at)
+             FROM customers c LEFT JOIN events e ON e.customer_id = c.id AND e.name = 'order_completed'
+             GROUP BY c.id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("aggregating orders"))?;
+        Ok(rows
+            .iter()
+            .map(|r| crate::traits::OrderStats {
+                customer_id: r.get(0),
+                orders: r.get::<i64, _>(1).try_into().unwrap_or(0),
+                revenue: r.get(2),
+                first_order: r.get::<Option<i64>, _>(3).map(from_millis),
+                last_order: r.get::<Option<i64>, _>(4).map(from_millis),
+            })
+            .collect())
+    }
+
+    /// Writes computed traits into the customers' attributes (`rfm`, `value_tier`,
+    /// `lifecycle`), a batch per transaction.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn write_traits(
+        &self,
+        traits: &[crate::traits::Traits],
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        for batch in traits.chunks(1000) {
+            let mut tx = self.begin().await?;
+            for t in batch {
+                let (rfm, tier, stage) = t.attributes();
+                sqlx::query(
+                    "UPDATE customers SET updated_at = ?5, profile = CASE WHEN ?2 IS NULL
+                        THEN json_set(json_remove(profile, '$.attributes.rfm'), '$.attributes.value_tier', ?3, '$.attributes.lifecycle', ?4)
+                        ELSE json_set(profile, '$.attributes.rfm', json(?2), '$.attributes.value_tier', ?3, '$.attributes.lifecycle', ?4) END
+                     WHERE id = ?1",
+                )
+                .bind(&t.customer_id)
+                .bind(if rfm.is_null() { None } else { Some(rfm.to_string()) })
+                .bind(tier.as_str())
+                .bind(stage.as_str())
+                .bind(millis(now))
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(query("writing computed traits"))?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
     /// Counts messages by status, for tests and reports.
     ///
     /// # Errors

@@ -18,3 +18,4 @@ mod runtime;
 mod segments;
 mod simulate;
 mod tidy;
+mod traits;
