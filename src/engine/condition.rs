@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::model::{Customer, Event};
-use crate::workflow::{Comparison, Condition, EventCount, Op};
+use crate::workflow::{Comparison, Condition, EventCount, EventSum, Op};
 
 /// What a condition may look at.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +38,7 @@ pub fn holds(condition: &Condition, scope: &Scope<'_>) -> bool {
         Condition::HasTag(tag) => scope.customer.tags.contains(tag),
         Condition::Consent(channel) => scope.customer.consent.allows(*channel),
         Condition::EventCount(count) => count_holds(count, scope),
+        Condition::EventSum(sum) => sum_holds(sum, scope),
         Condition::InSegment(name) => scope.segments.contains(name),
     }
 }
@@ -57,6 +58,21 @@ fn count_holds(count: &EventCount, scope: &Scope<'_>) -> bool {
         .at_least
         .unwrap_or(if count.at_most.is_some() { 0 } else { 1 });
     n >= at_least && count.at_most.is_none_or(|max| n <= max)
+}
+
+fn sum_holds(sum: &EventSum, scope: &Scope<'_>) -> bool {
+    let since = sum
+        .within
+        .and_then(|w| scope.now.checked_sub(w.as_signed()).ok());
+    let total: f64 = scope
+        .history
+        .iter()
+        .filter(|e| e.name == sum.event && e.timestamp <= scope.now)
+        .filter(|e| since.is_none_or(|s| e.timestamp >= s))
+        .filter(|e| matches_filter(e, &sum.filter))
+        .filter_map(|e| e.property(&sum.property).and_then(Value::as_f64))
+        .sum();
+    sum.at_least.is_none_or(|min| total >= min) && sum.at_most.is_none_or(|max| total <= max)
 }
 
 /// Whether an event passes every comparison of a filter.
@@ -167,5 +183,52 @@ mod tests {
             let c = cmp(c);
             assert_eq!(compare(value.as_ref(), &c), want, "{c:?} on {value:?}");
         }
+    }
+
+    #[test]
+    fn event_sums_add_a_property_within_the_window_and_filter() {
+        let customer =
+            crate::model::Customer::minimal(crate::model::CustomerId::parse("c").unwrap());
+        let order = |at: &str, value: f64, country: &str| crate::model::Event {
+            id: None,
+            name: "order_completed".into(),
+            timestamp: at.parse().unwrap(),
+            properties: json!({"value": value, "country": country})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        let history = [
+            order("2026-01-01T00:00:00Z", 400.0, "DE"),
+            order("2026-05-01T00:00:00Z", 150.0, "DE"),
+            order("2026-05-20T00:00:00Z", 100.0, "FR"),
+        ];
+        let segments = BTreeSet::new();
+        let scope = Scope {
+            customer: &customer,
+            event: None,
+            trigger: None,
+            segments: &segments,
+            history: &history,
+            now: "2026-06-01T00:00:00Z".parse().unwrap(),
+        };
+        let sum = |yaml: Value| {
+            holds(
+                &Condition::EventSum(serde_json::from_value(yaml).unwrap()),
+                &scope,
+            )
+        };
+        assert!(sum(
+            json!({"event": "order_completed", "property": "value", "at_least": 650})
+        ));
+        assert!(!sum(
+            json!({"event": "order_completed", "property": "value", "within": "60d", "at_least": 300})
+        ));
+        assert!(sum(
+            json!({"event": "order_completed", "property": "value", "within": "60d", "at_least": 250, "at_most": 250})
+        ));
+        assert!(sum(
+            json!({"event": "order_completed", "property": "value", "where": [{"name": "country", "eq": "DE"}], "at_least": 550, "at_most": 550})
+        ));
     }
 }

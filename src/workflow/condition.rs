@@ -32,6 +32,8 @@ pub enum Condition {
     Consent(Channel),
     /// Counts the customer's events of one name, optionally filtered and within a window.
     EventCount(EventCount),
+    /// Sums a numeric property of the customer's events of one name (such as order `value`).
+    EventSum(EventSum),
     /// The customer is a member of the named segment.
     InSegment(String),
 }
@@ -146,7 +148,39 @@ pub struct EventCount {
     pub at_most: Option<u64>,
 }
 
+/// The sum of one property over the customer's events of one name, compared with bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventSum {
+    /// The event name, such as `order_completed`.
+    pub event: String,
+    /// The numeric property to add up, such as `value`; events without it add nothing.
+    pub property: String,
+    /// Only sum events whose properties pass every comparison.
+    #[serde(default, rename = "where", skip_serializing_if = "Vec::is_empty")]
+    pub filter: Vec<Comparison>,
+    /// Only events this recent; all of history when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<Duration>,
+    /// The sum is at least this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_least: Option<f64>,
+    /// The sum is at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_most: Option<f64>,
+}
+
 impl Condition {
+    /// The event-history window this condition looks back over, if it counts or sums events:
+    /// `Some(None)` for all of history.
+    pub fn history_window(&self) -> Option<Option<Duration>> {
+        match self {
+            Condition::EventCount(c) => Some(c.within),
+            Condition::EventSum(s) => Some(s.within),
+            _ => None,
+        }
+    }
+
     /// Calls `visit` on this condition and every condition nested in it.
     pub fn walk<'a>(&'a self, visit: &mut dyn FnMut(&'a Condition)) {
         visit(self);

@@ -53,7 +53,7 @@ use indexmap::IndexMap;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
-pub use condition::{Comparison, Condition, EventCount, Op};
+pub use condition::{Comparison, Condition, EventCount, EventSum, Op};
 pub use duration::Duration;
 pub use load::{load_dir, load_file, parse};
 pub use local_time::{NoneWord, QuietHours, QuietOverride, QuietSetting, TimeOfDay, Weekday};
@@ -126,11 +126,8 @@ impl Workflow {
     pub fn history_window(&self) -> HistoryNeed {
         let mut need = HistoryNeed::Nothing;
         let mut note = |c: &Condition| {
-            if let Condition::EventCount(count) = c {
-                need = need.max(match count.within {
-                    Some(w) => HistoryNeed::Within(w),
-                    None => HistoryNeed::All,
-                });
+            if let Some(window) = c.history_window() {
+                need = need.max(window.map_or(HistoryNeed::All, HistoryNeed::Within));
             }
         };
         for node in self.nodes.values() {

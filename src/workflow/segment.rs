@@ -126,8 +126,8 @@ pub fn history_need(defs: &[SegmentDef]) -> HistoryNeed {
     let mut need = HistoryNeed::Nothing;
     for def in defs {
         def.segment.when.walk(&mut |c| {
-            if let Condition::EventCount(count) = c {
-                need = need.max(count.within.map_or(HistoryNeed::All, HistoryNeed::Within));
+            if let Some(window) = c.history_window() {
+                need = need.max(window.map_or(HistoryNeed::All, HistoryNeed::Within));
             }
         });
     }

@@ -417,6 +417,22 @@ pub(crate) fn check_condition(condition: &Condition, notes: &mut Vec<String>) {
             }
             check_comparisons(&count.filter, notes);
         }
+        Condition::EventSum(sum) => {
+            if sum.event.trim().is_empty() || sum.property.trim().is_empty() {
+                notes.push("event_sum needs an event name and a property".into());
+            }
+            if sum.at_least.is_none() && sum.at_most.is_none() {
+                notes.push("event_sum needs at_least or at_most".into());
+            }
+            if let Some(w) = sum.within
+                && !w.is_positive()
+            {
+                notes.push(format!(
+                    "event_sum window must be longer than zero, not {w}"
+                ));
+            }
+            check_comparisons(&sum.filter, notes);
+        }
         Condition::HasTag(s) | Condition::InSegment(s) if s.trim().is_empty() => {
             notes.push("tag or segment name is empty".into());
         }
