@@ -89,6 +89,33 @@ pub fn next_fire(workflow: &Workflow, customer: &Customer, after: Timestamp) -> 
     }
 }
 
+/// For a schedule trigger with `missed: next_day`: the catch-up instant for an occurrence that
+/// passed less than a day before `now` — the same local time the next day — with the missed
+/// occurrence. The shell uses it only if that occurrence never fired for the customer.
+pub fn catch_up(
+    workflow: &Workflow,
+    customer: &Customer,
+    now: Timestamp,
+) -> Option<(Timestamp, Timestamp)> {
+    let Trigger::Schedule(s) = &workflow.trigger.value else {
+        return None;
+    };
+    if s.missed != crate::workflow::Missed::NextDay {
+        return None;
+    }
+    let tz = schedule_zone(s, customer);
+    let missed = super::time::previous_cron(&parse_cron(&s.cron).ok()?, &tz, now)?;
+    if now.duration_since(missed) >= jiff::SignedDuration::from_hours(24) || missed == now {
+        return None;
+    }
+    let local = missed.to_zoned(tz.clone());
+    let next_day = local.date().tomorrow().ok()?;
+    Some((
+        super::time::resolve_local(next_day, local.time(), &tz),
+        missed,
+    ))
+}
+
 /// Whether a schedule trigger's audience includes the customer (always, for other triggers).
 pub fn in_audience(workflow: &Workflow, scope: &Scope<'_>) -> bool {
     match &workflow.trigger.value {

@@ -113,6 +113,13 @@ pub fn next_cron(cron: &croner::Cron, tz: &TimeZone, after: Timestamp) -> Option
         .map(|z| z.timestamp())
 }
 
+/// The last instant at or before `at` when `cron` fires, read in `tz`.
+pub fn previous_cron(cron: &croner::Cron, tz: &TimeZone, at: Timestamp) -> Option<Timestamp> {
+    cron.find_previous_occurrence(&at.to_zoned(tz.clone()), true)
+        .ok()
+        .map(|z| z.timestamp())
+}
+
 /// Parses a five-field cron expression (minute, hour, day of month, month, day of week).
 ///
 /// # Errors

@@ -20,7 +20,7 @@ pub use catalog::Catalog;
 
 use crate::clock::Clock;
 use crate::engine::entry::{
-    EntryDecision, PastEntries, enrolls_on_event, in_audience, may_enter, next_fire,
+    EntryDecision, PastEntries, catch_up, enrolls_on_event, in_audience, may_enter, next_fire,
 };
 use crate::engine::policy::SendPolicy;
 use crate::engine::{Enrollment, ExitReason, Facts, Input, Status, step};
@@ -353,7 +353,14 @@ impl Visit {
                 workflow.trigger.value,
                 Trigger::Schedule(_) | Trigger::DateAttribute(_)
             ) {
-                let next = next_fire(workflow, &self.state.customer, now);
+                let mut next = next_fire(workflow, &self.state.customer, now);
+                if let Some((at, missed)) = catch_up(workflow, &self.state.customer, now)
+                    && next.is_none_or(|n| at < n)
+                    && !tx.has_fired(workflow.id.as_str(), &self.id, missed).await?
+                    && !tx.has_fired(workflow.id.as_str(), &self.id, at).await?
+                {
+                    next = Some(at);
+                }
                 tx.schedule_fire(workflow.id.as_str(), &self.id, next, now)
                     .await?;
             }

@@ -885,6 +885,26 @@ impl Tx {
             .collect())
     }
 
+    /// Whether an occurrence was handled for the customer.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn has_fired(
+        &mut self,
+        workflow_id: &str,
+        id: &CustomerId,
+        occurrence: Timestamp,
+    ) -> Result<bool, Error> {
+        let row = sqlx::query("SELECT 1 FROM trigger_fires WHERE workflow_id = ? AND customer_id = ? AND occurrence = ?")
+            .bind(workflow_id)
+            .bind(id.as_str())
+            .bind(millis(occurrence))
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(query("reading trigger occurrences"))?;
+        Ok(row.is_some())
+    }
+
     /// Records that an occurrence was handled; false when it was already.
     ///
     /// # Errors

@@ -65,7 +65,7 @@ pub use segment::{
     Segment, SegmentDef, SegmentsFile, history_need as segments_history_need, load_segments,
 };
 pub use trigger::{
-    Category, DateTrigger, Entry, EventTrigger, Goal, Repeat, ScheduleTrigger, Trigger,
+    Category, DateTrigger, Entry, EventTrigger, Goal, Missed, Repeat, ScheduleTrigger, Trigger,
 };
 
 use crate::model::{NodeId, WorkflowId};

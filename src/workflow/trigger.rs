@@ -47,6 +47,22 @@ pub struct ScheduleTrigger {
     /// Who is enrolled; everyone when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<Condition>,
+    /// A customer whose occurrence had already passed when they were scheduled (the
+    /// broadcast started after 09:00 their time): `skip` to the next occurrence (default), or
+    /// `next_day` to send at the same local time the next day.
+    #[serde(default)]
+    pub missed: Missed,
+}
+
+/// What happens to an occurrence that passed before a customer was scheduled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Missed {
+    /// Wait for the next occurrence.
+    #[default]
+    Skip,
+    /// Send at the same local time the next day, if the occurrence passed less than a day ago.
+    NextDay,
 }
 
 impl ScheduleTrigger {

@@ -81,3 +81,48 @@ async fn a_birthday_greeting_goes_out_at_09_00_local_on_the_daylight_saving_star
     assert_eq!(mails.len(), 1);
     assert!(mails[0].contains("BDAY-15"), "{}", mails[0]);
 }
+
+async fn late_customer_sends(missed: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = dir.path().join("wf");
+    std::fs::create_dir_all(&workflows).unwrap();
+    std::fs::write(
+        workflows.join("news.yaml"),
+        format!(
+            "id: news\nname: News\ntrigger:\n  schedule: {{ cron: \"0 9 * * MON\", timezone: customer, missed: {missed} }}\nentry: every_time\nstart: mail\nnodes:\n  mail: {{ send_email: {{ template: newsletter, next: done }} }}\n  done: exit\n"
+        ),
+    )
+    .unwrap();
+    let app = crate::app::spawn_app_in(dir, &["--workflows", workflows.to_str().unwrap()]).await;
+    // Monday 12:00 in Tokyo: this week's 09:00 has passed.
+    app.clock.set(at("2026-06-01T03:00:00Z"));
+    app.call("PUT", "/v1/customers/kenji", Some(json!({"email": "kenji@example.com", "timezone": "Asia/Tokyo", "consent": {"email": true}}))).await;
+    app.settle().await;
+    for day in 1..=8 {
+        app.clock.set(
+            at("2026-06-01T00:00:00Z")
+                .checked_add(SignedDuration::from_hours(24 * day))
+                .unwrap(),
+        );
+        app.settle().await;
+    }
+    let (_, view) = app.call("GET", "/v1/customers/kenji", None).await;
+    let mut sent: Vec<String> = view["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["sent_at"].as_str().unwrap().to_owned())
+        .collect();
+    sent.sort();
+    sent
+}
+
+#[tokio::test]
+async fn a_customer_scheduled_after_their_local_occurrence_gets_it_next_day_or_skips_as_configured()
+{
+    assert_eq!(
+        late_customer_sends("next_day").await,
+        ["2026-06-02T00:00:00Z", "2026-06-08T00:00:00Z"]
+    );
+    assert_eq!(late_customer_sends("skip").await, ["2026-06-08T00:00:00Z"]);
+}
