@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::api::events::EventIn;
 use crate::clock::{Clock, SystemClock};
 use crate::model::{Consent, Customer, CustomerId, Event};
-use crate::store::{Inserted, OpenOptions, Store};
+use crate::store::Inserted;
 
 /// Rows per transaction.
 const BATCH: usize = 500;
@@ -227,14 +227,8 @@ fn parse_events(
 
 /// Imports the file and prints the summary; exits 1 when any row was refused.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let (runtime, store) = super::open_store(&args.database_url)?;
     runtime.block_on(async {
-        let store = Store::open(&args.database_url, OpenOptions::default())
-            .await
-            .with_context(|| format!("opening {}", args.database_url))?;
         let now = SystemClock.now();
         let (n_rows, refused, accepted, duplicates) = match args.kind {
             Kind::Customers => {

@@ -38,6 +38,22 @@ pub enum Command {
     Traits(traits::Args),
 }
 
+/// A single-threaded runtime and the store at `url`, for the one-shot commands.
+fn open_store(url: &str) -> anyhow::Result<(tokio::runtime::Runtime, crate::store::Store)> {
+    use anyhow::Context;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let store = runtime
+        .block_on(crate::store::Store::open(
+            url,
+            crate::store::OpenOptions::default(),
+        ))
+        .with_context(|| format!("opening {url}"))?;
+    Ok((runtime, store))
+}
+
 /// Runs the parsed command line.
 ///
 /// # Errors

@@ -3,11 +3,8 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 use crate::clock::{Clock, SystemClock};
 use crate::config::LifecycleArgs;
-use crate::store::{OpenOptions, Store};
 
 /// Arguments of `trellis traits`.
 #[derive(Debug, clap::Args)]
@@ -29,14 +26,8 @@ pub struct Args {
 
 /// Recomputes and prints how many customers were scored.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let (runtime, store) = super::open_store(&args.database_url)?;
     runtime.block_on(async {
-        let store = Store::open(&args.database_url, OpenOptions::default())
-            .await
-            .with_context(|| format!("opening {}", args.database_url))?;
         let n = crate::scheduler::recompute_traits(
             &store,
             args.lifecycle.to_lifecycle(),

@@ -68,20 +68,6 @@ impl Catalog {
         Ok(catalog)
     }
 
-    /// A catalog of in-memory workflows, not recorded anywhere: for tests.
-    pub fn from_workflows(workflows: Vec<Workflow>) -> Self {
-        let mut catalog = Catalog::default();
-        for wf in workflows {
-            catalog.history = catalog.history.max(wf.history_window());
-            let wf = Arc::new(wf);
-            catalog
-                .versions
-                .insert((wf.id.to_string(), wf.source.version.clone()), wf.clone());
-            catalog.current.insert(wf.id.to_string(), wf);
-        }
-        catalog
-    }
-
     /// The segments, in definition order.
     pub fn segments(&self) -> &[SegmentDef] {
         &self.segments
