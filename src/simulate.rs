@@ -413,6 +413,7 @@ impl Sim<'_> {
                 channel,
                 until,
                 reason,
+                ..
             } => Line::new(
                 now,
                 Some(node.as_str()),

@@ -275,6 +275,8 @@ pub enum Effect {
     /// A send is held (quiet hours, a frequency cap); the journey waits at the send node
     /// and sends, with the same key, at `until`.
     Held {
+        /// The key the message will have when it goes.
+        key: IdempotencyKey,
         /// The send node.
         node: NodeId,
         /// The channel.

@@ -91,13 +91,26 @@ pub(super) async fn apply(
                 tx.record_conversion(&conversion, now).await?;
             }
             Effect::Held {
+                key,
                 node,
                 channel,
                 until,
                 reason,
             } => {
-                // The enrollment waits at the send node; its state records the hold.
-                tracing::info!(workflow.id = %workflow.id, node.id = %node, channel = %channel, until = %until, reason = %reason, "Send held.");
+                // Recorded as a `held` message; the send that follows the hold replaces it.
+                let held = NewMessage {
+                    key: key.to_string(),
+                    enrollment_id: enrollment.id.clone(),
+                    workflow_id: workflow.id.to_string(),
+                    node: node.to_string(),
+                    customer_id: state.customer.id.to_string(),
+                    template: None,
+                    status: MessageStatus::Held,
+                    payload: Payload::None,
+                    note: Some(format!("{channel}: {reason} until {until}")),
+                    transactional: false,
+                };
+                tx.insert_message(&held, now).await?;
             }
             Effect::WakeAt { .. } | Effect::Exit(_) => {}
         }

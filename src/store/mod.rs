@@ -154,6 +154,8 @@ pub enum MessageStatus {
     Failed,
     /// Not sent, by rule: no consent, no address.
     Suppressed,
+    /// Waiting for quiet hours to end or a frequency cap to free a place.
+    Held,
     /// Withdrawn before sending: the customer was erased or opted out.
     Cancelled,
 }
@@ -167,6 +169,7 @@ impl MessageStatus {
             MessageStatus::Sent => "sent",
             MessageStatus::Failed => "failed",
             MessageStatus::Suppressed => "suppressed",
+            MessageStatus::Held => "held",
             MessageStatus::Cancelled => "cancelled",
         }
     }

@@ -1009,15 +1009,20 @@ impl Tx {
         Ok(())
     }
 
-    /// Adds a message to the outbox; a message whose key exists already is left as it is.
+    /// Adds a message to the outbox; a message whose key exists already is left as it is,
+    /// unless it was `held`, in which case this is the decision that follows the hold.
     ///
     /// # Errors
     /// On a database error.
     pub async fn insert_message(&mut self, m: &NewMessage, now: Timestamp) -> Result<(), Error> {
         let payload = serde_json::to_string(&m.payload).expect("a payload always serializes");
         sqlx::query(
-            "INSERT OR IGNORE INTO messages (key, enrollment_id, workflow_id, node, customer_id, channel, template, status, payload, next_attempt_at, last_error, created_at, updated_at, category)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?10, ?12)",
+            "INSERT INTO messages (key, enrollment_id, workflow_id, node, customer_id, channel, template, status, payload, next_attempt_at, last_error, created_at, updated_at, category)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?10, ?12)
+             ON CONFLICT (key) DO UPDATE SET status = excluded.status, payload = excluded.payload,
+               channel = excluded.channel, last_error = excluded.last_error,
+               next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at
+             WHERE messages.status = 'held'",
         )
         .bind(&m.key)
         .bind(&m.enrollment_id)

@@ -53,6 +53,15 @@ async fn an_sms_due_at_22_30_local_is_held_and_arrives_at_08_00() {
         twilio.received.lock().unwrap().is_empty(),
         "nothing in quiet hours"
     );
+    let (_, held) = app.call("GET", "/v1/customers/lucy", None).await;
+    assert_eq!(
+        held["messages"][0]["status"], "held",
+        "the decision is recorded"
+    );
+    assert_eq!(
+        held["messages"][0]["last_error"],
+        "sms: quiet hours until 2026-06-02T15:00:00Z"
+    );
     let (_, view) = app.call("GET", "/v1/customers/lucy", None).await;
     assert_eq!(
         (
@@ -75,6 +84,13 @@ async fn an_sms_due_at_22_30_local_is_held_and_arrives_at_08_00() {
         1,
         "sent at 08:00 local"
     );
+    let (_, sent) = app.call("GET", "/v1/customers/lucy", None).await;
+    assert_eq!(
+        sent["messages"].as_array().unwrap().len(),
+        1,
+        "the hold became the send: one message"
+    );
+    assert_eq!(sent["messages"][0]["status"], "sent");
 }
 
 #[tokio::test]

@@ -61,6 +61,7 @@ pub(super) fn visit(request: Request<'_>, next: &NodeId, run: &mut Run<'_>) -> F
         match held_until(&request, run) {
             Some((until, reason, Overflow::Delay)) => {
                 run.effects.push(Effect::Held {
+                    key,
                     node,
                     channel: request.channel,
                     until,
