@@ -126,3 +126,20 @@ async fn a_customer_scheduled_after_their_local_occurrence_gets_it_next_day_or_s
     );
     assert_eq!(late_customer_sends("skip").await, ["2026-06-08T00:00:00Z"]);
 }
+
+#[tokio::test]
+async fn a_customer_without_a_time_zone_gets_broadcasts_in_the_configured_default_zone() {
+    let app = spawn_app(&["--default-timezone", "Asia/Tokyo"]).await;
+    app.clock.set(at("2026-05-31T12:00:00Z"));
+    app.call(
+        "PUT",
+        "/v1/customers/zoneless",
+        Some(json!({"email": "z@example.com", "consent": {"email": true}})),
+    )
+    .await;
+    app.settle().await;
+    // Monday 09:00 in Tokyo is 00:00 UTC; in UTC it would be 09:00.
+    app.clock.set(at("2026-06-01T00:00:00Z"));
+    app.settle().await;
+    assert_eq!(app.outbox_files().len(), 1);
+}
