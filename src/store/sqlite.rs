@@ -1278,6 +1278,7 @@ impl Tx {
             "UPDATE conversions SET customer_id = ?2 WHERE customer_id = ?1",
             "DELETE FROM segment_members WHERE customer_id = ?1 AND ?2 IS NOT NULL",
             "DELETE FROM scheduled_fires WHERE customer_id = ?1 AND ?2 IS NOT NULL",
+            "UPDATE trigger_fires SET customer_id = ?2 WHERE customer_id = ?1",
         ];
         for sql in statements {
             sqlx::query(sql)
