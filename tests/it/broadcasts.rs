@@ -143,3 +143,54 @@ async fn a_customer_without_a_time_zone_gets_broadcasts_in_the_configured_defaul
     app.settle().await;
     assert_eq!(app.outbox_files().len(), 1);
 }
+
+#[tokio::test]
+async fn erasing_a_customer_leaves_no_trace_of_their_id_in_handled_occurrences() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("kept.db").display());
+    let app =
+        crate::app::spawn_app_in(tempfile::tempdir().unwrap(), &["--database-url", &db]).await;
+    app.clock.set(at("2026-05-31T12:00:00Z"));
+    app.call(
+        "PUT",
+        "/v1/customers/kenji",
+        Some(
+            json!({"email": "k@example.com", "timezone": "Asia/Tokyo", "consent": {"email": true}}),
+        ),
+    )
+    .await;
+    app.settle().await;
+    app.clock.set(at("2026-06-01T00:00:00Z"));
+    app.settle().await;
+    assert_eq!(
+        app.outbox_files().len(),
+        1,
+        "the newsletter occurrence was handled"
+    );
+    assert_eq!(app.call("DELETE", "/v1/customers/kenji", None).await.0, 204);
+
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    for table in [
+        "trigger_fires",
+        "scheduled_fires",
+        "segment_members",
+        "events",
+        "messages",
+        "enrollments",
+        "customers",
+    ] {
+        let (n,): (i64,) = sqlx::query_as(
+            &format!("SELECT COUNT(*) FROM {table} WHERE customer_id = 'kenji'")
+                .replace("customers WHERE customer_id", "customers WHERE id"),
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(n, 0, "{table} still names kenji");
+    }
+    let (handled,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM trigger_fires")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(handled, 1, "the anonymous count stays");
+}
