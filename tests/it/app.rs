@@ -120,12 +120,27 @@ impl TestApp {
         content_type: &str,
         body: String,
     ) -> (StatusCode, Value) {
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        self.request(method, path, authorization, content_type, body)
+            .await
+    }
+
+    /// A request with any `Authorization` header (Bearer, Basic, or none); the body comes
+    /// back as JSON, or as a JSON string when it is not JSON (HTML pages, TwiML).
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<String>,
+        content_type: &str,
+        body: String,
+    ) -> (StatusCode, Value) {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header("content-type", content_type);
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
         }
         let response = self
             .router

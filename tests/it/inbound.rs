@@ -29,20 +29,20 @@ fn basic(password: &str) -> String {
 }
 
 async fn inbound(app: &crate::app::TestApp, auth: &str, body: &str) -> (u16, String) {
-    use tower::ServiceExt;
-    let request = axum::http::Request::builder()
-        .method("POST")
-        .uri("/sms/inbound")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("authorization", auth)
-        .body(axum::body::Body::from(body.to_owned()))
-        .unwrap();
-    let response = app.router.clone().oneshot(request).await.unwrap();
-    let status = response.status().as_u16();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
+    let (status, reply) = app
+        .request(
+            "POST",
+            "/sms/inbound",
+            Some(auth.to_owned()),
+            "application/x-www-form-urlencoded",
+            body.to_owned(),
+        )
+        .await;
+    let text = match reply {
+        serde_json::Value::String(text) => text,
+        other => other.to_string(),
+    };
+    (status.as_u16(), text)
 }
 
 #[tokio::test]
