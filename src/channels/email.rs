@@ -2,17 +2,20 @@
 //! idempotency key (so a receiver can tell a resend), and RFC 8058 one-click unsubscribe
 //! headers.
 //!
-//! lettre does not set `TCP_NODELAY`, so each pooled connection stalls about 40 ms per
-//! message on delayed ACKs; the pool is sized (`--smtp-pool`) so the channel is not the
-//! bottleneck.
+//! Plain and STARTTLS connections go through [`NodelayPool`] (see there why);
+//! implicit TLS (`smtps://`) through lettre's own pooled transport.
 
 use std::time::Duration;
 
 use lettre::message::header::{Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::TlsParameters;
+use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
+use super::smtp_pool::{NodelayPool, SmtpTarget, StartTls};
 use super::{Delivered, DeliveryError};
 use crate::store::Payload;
 
@@ -110,9 +113,17 @@ pub fn build_message(
         .map_err(|e| DeliveryError::permanent(format!("building the message: {e}")))
 }
 
+/// How messages reach the server.
+enum Transport {
+    /// `smtp://`, plain or STARTTLS.
+    Pooled(NodelayPool),
+    /// `smtps://`, implicit TLS.
+    Lettre(AsyncSmtpTransport<Tokio1Executor>),
+}
+
 /// An SMTP connection pool.
 pub struct SmtpChannel {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    transport: Transport,
     from: String,
 }
 
@@ -125,10 +136,13 @@ impl std::fmt::Debug for SmtpChannel {
     }
 }
 
+const TIMEOUT: Duration = Duration::from_secs(30);
+
 impl SmtpChannel {
     /// Connects lazily to the server in `url`: `smtp://user:pass@host:587` (STARTTLS
     /// required, or opportunistic for a loopback host), `smtps://…` (TLS), or an explicit
-    /// `?tls=required|opportunistic`.
+    /// `?tls=required|opportunistic|off`. An optional path names the EHLO host
+    /// (`smtp://host:25/mail.example.com`).
     ///
     /// # Errors
     /// A sentence naming what is wrong with the URL (never the URL itself: it holds the password).
@@ -136,11 +150,20 @@ impl SmtpChannel {
         from.parse::<Mailbox>()
             .map_err(|e| format!("sender address {from:?} is invalid: {e}"))?;
         let url = default_tls(url);
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
-            .map_err(|e| format!("the SMTP URL is invalid: {e}"))?
-            .timeout(Some(Duration::from_secs(30)))
-            .pool_config(PoolConfig::new().max_size(pool_size))
-            .build();
+        let transport = if url.starts_with("smtps://") {
+            Transport::Lettre(
+                AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
+                    .map_err(|e| format!("the SMTP URL is invalid: {e}"))?
+                    .timeout(Some(TIMEOUT))
+                    .pool_config(PoolConfig::new().max_size(pool_size))
+                    .build(),
+            )
+        } else {
+            Transport::Pooled(NodelayPool::new(
+                parse_target(&url)?,
+                usize::try_from(pool_size).unwrap_or(usize::MAX),
+            ))
+        };
         Ok(Self {
             transport,
             from: from.to_owned(),
@@ -158,18 +181,80 @@ impl SmtpChannel {
     /// Transient or permanent, from the server's reply.
     pub async fn send(&self, key: &str, payload: &Payload) -> Result<Delivered, DeliveryError> {
         let message = build_message(key, payload, &self.from)?;
-        let response = self
-            .transport
-            .send(message)
-            .await
-            .map_err(|e| classify(&e))?;
-        Ok(Delivered {
-            provider_id: response
+        let reply: Vec<String> = match &self.transport {
+            Transport::Pooled(pool) => pool.send(&message).await?,
+            Transport::Lettre(transport) => transport
+                .send(message)
+                .await
+                .map_err(|e| classify(&e))?
                 .message()
-                .next()
-                .map(|line| line.chars().take(200).collect()),
+                .map(str::to_owned)
+                .collect(),
+        };
+        Ok(Delivered {
+            provider_id: reply.first().map(|line| line.chars().take(200).collect()),
         })
     }
+}
+
+/// Reads host, port, STARTTLS mode, credentials and EHLO name from an `smtp://` URL.
+fn parse_target(url: &str) -> Result<SmtpTarget, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("the SMTP URL is invalid: {e}"))?;
+    if parsed.scheme() != "smtp" {
+        return Err(format!(
+            "the SMTP URL must start with smtp:// or smtps://, not {}://",
+            parsed.scheme()
+        ));
+    }
+    let host = parsed
+        .host_str()
+        .ok_or("the SMTP URL has no host")?
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let tls_param = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    let params =
+        || TlsParameters::new(host.clone()).map_err(|e| format!("TLS settings for {host}: {e}"));
+    let tls = match tls_param.as_deref() {
+        Some("off") => StartTls::Off,
+        Some("opportunistic") => StartTls::Opportunistic(params()?),
+        Some("required") | None => StartTls::Required(params()?),
+        Some(other) => {
+            return Err(format!(
+                "the SMTP URL's tls= must be required, opportunistic or off, not {other:?}"
+            ));
+        }
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| "the SMTP URL's user or password is not UTF-8 once decoded".to_owned())
+    };
+    let credentials = match parsed.password() {
+        Some(password) => Some(Credentials::new(
+            decode(parsed.username())?,
+            decode(password)?,
+        )),
+        None => None,
+    };
+    let path = parsed.path().trim_matches('/');
+    Ok(SmtpTarget {
+        port: parsed
+            .port()
+            .unwrap_or(if tls_param.is_some() { 587 } else { 25 }),
+        host: host.clone(),
+        tls,
+        credentials,
+        hello: if path.is_empty() {
+            ClientId::default()
+        } else {
+            ClientId::Domain(path.to_owned())
+        },
+        timeout: TIMEOUT,
+    })
 }
 
 /// `smtp://` with no `tls=` means STARTTLS required, except on loopback where local relays
@@ -233,6 +318,27 @@ mod tests {
             default_tls("smtp://h:25?tls=opportunistic"),
             "smtp://h:25?tls=opportunistic"
         );
+    }
+
+    #[test]
+    fn smtp_urls_give_host_port_tls_credentials_and_hello_name() {
+        let target =
+            parse_target("smtp://ada%40x:p%2Fw@127.0.0.1:2525/mx.acme.example?tls=off").unwrap();
+        assert_eq!((target.host.as_str(), target.port), ("127.0.0.1", 2525));
+        assert!(matches!(target.tls, StartTls::Off));
+        assert_eq!(
+            target.credentials,
+            Some(Credentials::new("ada@x".into(), "p/w".into()))
+        );
+        assert_eq!(target.hello, ClientId::Domain("mx.acme.example".into()));
+        let target = parse_target(&default_tls("smtp://mail.example.com")).unwrap();
+        assert_eq!(target.port, 587);
+        assert!(matches!(target.tls, StartTls::Required(_)));
+        assert!(target.credentials.is_none());
+        let err = parse_target("smtp://h?tls=maybe").err().unwrap();
+        assert!(err.contains("required, opportunistic or off"), "{err}");
+        let err = parse_target("http://h").err().unwrap();
+        assert!(err.contains("smtp://"), "{err}");
     }
 
     #[test]

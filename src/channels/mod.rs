@@ -8,6 +8,7 @@ pub mod outbox_dir;
 pub mod retry;
 pub mod sms_kannel;
 pub mod sms_twilio;
+pub mod smtp_pool;
 pub mod webhook;
 
 use std::sync::Arc;
