@@ -81,6 +81,12 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// The connection pool, for tools that measure the database itself (`trellis-bench`
+    /// compares the runtime with raw SQL on the same file and settings).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Starts a write transaction with `BEGIN IMMEDIATE`, so it holds the write lock from
     /// the start; a deferred transaction that reads and then writes can fail with
     /// "database is locked" despite the busy timeout.
