@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use jiff::Timestamp;
 
 /// A source of the current time.
-pub trait Clock: Send + Sync {
+pub trait Clock: Send + Sync + std::fmt::Debug {
     /// The current instant.
     fn now(&self) -> Timestamp;
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info_span, warn};
@@ -27,6 +27,8 @@ pub struct DispatchCtx {
     pub policy: RetryPolicy,
     /// Messages claimed per round.
     pub batch_size: u32,
+    /// When outcomes are recorded (`sent_at`).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// What one round did.
@@ -47,9 +49,22 @@ impl DrainReport {
     }
 }
 
+/// An attempt's outcome on its way to the recorder; `ack` says whether it was committed.
+struct Finished {
+    key: String,
+    attempt: u32,
+    outcome: AttemptOutcome,
+    ack: oneshot::Sender<bool>,
+}
+
 /// Claims the messages due at `now`, delivers them concurrently, and records each outcome
 /// as soon as its attempt ends — so a crash re-sends only what was on the wire, never a
 /// message whose success was already known.
+///
+/// Outcomes are group-committed: while one transaction of outcomes commits, the attempts
+/// that end meanwhile queue up and go into the next one. A delivery keeps its channel
+/// permit until its outcome is committed, so at most the channel's concurrency of messages
+/// are ever accepted by a provider but not yet recorded.
 ///
 /// # Errors
 /// A database error. Claimed messages whose outcome was not recorded stay `sending` and are
@@ -57,9 +72,19 @@ impl DrainReport {
 pub async fn drain(ctx: &DispatchCtx, now: Timestamp) -> Result<DrainReport, store::Error> {
     let claimed = ctx.store.claim_messages(now, ctx.batch_size).await?;
     let mut report = DrainReport::default();
+    if claimed.is_empty() {
+        return Ok(report);
+    }
+    let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+    let recorder = tokio::spawn(record(
+        ctx.store.clone(),
+        Arc::clone(&ctx.clock),
+        finished_rx,
+    ));
     let mut deliveries = JoinSet::new();
     for message in claimed {
         let ctx = ctx.clone();
+        let finished = finished_tx.clone();
         let span =
             info_span!("deliver", message.key = %message.key, workflow.id = %message.workflow_id);
         deliveries.spawn(
@@ -72,7 +97,7 @@ pub async fn drain(ctx: &DispatchCtx, now: Timestamp) -> Result<DrainReport, sto
                     .acquire_owned()
                     .await
                 else {
-                    return Ok(AttemptOutcome::Retry {
+                    return Some(AttemptOutcome::Retry {
                         next_attempt_at: now,
                         reason: "shutting down".into(),
                     });
@@ -96,30 +121,66 @@ pub async fn drain(ctx: &DispatchCtx, now: Timestamp) -> Result<DrainReport, sto
                         error!(attempt, reason, "Delivery failed for good.")
                     }
                 }
-                let recorded = ctx
-                    .store
-                    .record_attempts(&[(message.key, attempt, outcome.clone())], now)
-                    .await;
-                recorded.map(|()| outcome)
+                let (ack, acked) = oneshot::channel();
+                let queued = finished.send(Finished {
+                    key: message.key,
+                    attempt,
+                    outcome: outcome.clone(),
+                    ack,
+                });
+                let recorded = queued.is_ok() && acked.await.unwrap_or(false);
+                recorded.then_some(outcome)
             }
             .instrument(span),
         );
     }
-    let mut first_error = None;
+    drop(finished_tx);
     while let Some(joined) = deliveries.join_next().await {
-        // A panicked delivery stays `sending` and is retried after restart.
-        let Ok(result) = joined else { continue };
-        match result {
-            Ok(AttemptOutcome::Sent { .. }) => report.sent += 1,
-            Ok(AttemptOutcome::Retry { .. }) => report.retried += 1,
-            Ok(AttemptOutcome::Failed { .. }) => report.failed += 1,
-            Err(err) => first_error = first_error.or(Some(err)),
+        // A panicked delivery, or one whose outcome was not recorded, stays `sending` and is
+        // retried after restart.
+        match joined {
+            Ok(Some(AttemptOutcome::Sent { .. })) => report.sent += 1,
+            Ok(Some(AttemptOutcome::Retry { .. })) => report.retried += 1,
+            Ok(Some(AttemptOutcome::Failed { .. })) => report.failed += 1,
+            Ok(None) | Err(_) => {}
         }
     }
-    match first_error {
-        Some(err) => Err(err),
-        None => Ok(report),
+    // Every sender is gone once the deliveries are, so the recorder ends.
+    match recorder.await {
+        Ok(recorded) => recorded.map(|()| report),
+        Err(panic) => {
+            // Its messages stay `sending`, as after a crash.
+            error!(error = %panic, "The outcome recorder panicked.");
+            Ok(report)
+        }
     }
+}
+
+/// Commits outcomes as they arrive, each transaction taking everything queued by then, at
+/// the time of the commit. Returns the first database error; later groups are still tried.
+async fn record(
+    store: Store,
+    clock: Arc<dyn Clock>,
+    mut finished: mpsc::UnboundedReceiver<Finished>,
+) -> Result<(), store::Error> {
+    const MAX_GROUP: usize = 500;
+    let mut first_error = None;
+    let mut group = Vec::new();
+    while finished.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let outcomes: Vec<_> = group
+            .iter()
+            .map(|f| (f.key.clone(), f.attempt, f.outcome.clone()))
+            .collect();
+        let recorded = store.record_attempts(&outcomes, clock.now()).await;
+        let ok = recorded.is_ok();
+        if let Err(err) = recorded {
+            first_error = first_error.or(Some(err));
+        }
+        for f in group.drain(..) {
+            let _ = f.ack.send(ok);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Drains until `shutdown`. A round in progress finishes (its attempts are recorded)

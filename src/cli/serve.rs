@@ -179,6 +179,7 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             channels,
             policy: RetryPolicy::default(),
             batch_size: 200,
+            clock: clock.clone(),
         },
         api: AppState {
             store,

@@ -35,6 +35,10 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Rounds of due wake-ups in one tick; more waits for the next tick, so zero-length waits
 /// cannot hold a tick forever.
 const MAX_ROUNDS: usize = 64;
+/// A batch commits early, to let waiting writers in, only at multiples of this many items:
+/// often enough that the dispatcher's commits wait a few milliseconds, not a whole batch;
+/// rarely enough that the scheduler does not trade its batching for a commit per customer.
+const YIELD_EVERY: usize = 25;
 
 /// Builds the links templates see, such as the signed unsubscribe link.
 #[derive(Clone)]
@@ -124,9 +128,13 @@ pub async fn tick(ctx: &SchedulerCtx, now: Timestamp) -> Result<TickReport, stor
         for stored in &events {
             report.messages += on_event(ctx, &mut tx, stored, &paused, now).await?;
             tx.mark_processed(stored.seq).await?;
+            report.events += 1;
+            if report.events % YIELD_EVERY == 0 && tx.others_waiting() {
+                break;
+            }
         }
         tx.commit().await?;
-        report.events += events.len();
+        nudge_outbox(ctx, &report);
     }
     for _ in 0..MAX_ROUNDS {
         let mut tx = ctx.store.begin().await?;
@@ -136,9 +144,13 @@ pub async fn tick(ctx: &SchedulerCtx, now: Timestamp) -> Result<TickReport, stor
         }
         for enrollment in &due {
             report.messages += on_wake(ctx, &mut tx, enrollment, now).await?;
+            report.woken += 1;
+            if report.woken % YIELD_EVERY == 0 && tx.others_waiting() {
+                break;
+            }
         }
         tx.commit().await?;
-        report.woken += due.len();
+        nudge_outbox(ctx, &report);
     }
     for _ in 0..MAX_ROUNDS {
         let mut tx = ctx.store.begin().await?;
@@ -148,15 +160,24 @@ pub async fn tick(ctx: &SchedulerCtx, now: Timestamp) -> Result<TickReport, stor
         }
         for fire in &fires {
             report.messages += on_fire(ctx, &mut tx, fire, &paused, now).await?;
+            report.fired += 1;
+            if report.fired % YIELD_EVERY == 0 && tx.others_waiting() {
+                break;
+            }
         }
         tx.commit().await?;
-        report.fired += fires.len();
-    }
-    if report.messages > 0 {
-        ctx.outbox_nudge.notify_one();
+        nudge_outbox(ctx, &report);
     }
     report.next_wake = ctx.store.next_wake().await?;
     Ok(report)
+}
+
+/// Wakes the dispatcher once a batch has put messages in the outbox, so that delivery starts
+/// while the rest of a long tick is still being stepped.
+fn nudge_outbox(ctx: &SchedulerCtx, report: &TickReport) {
+    if report.messages > 0 {
+        ctx.outbox_nudge.notify_one();
+    }
 }
 
 async fn load_customer(tx: &mut Tx, id: &CustomerId) -> Result<Customer, store::Error> {

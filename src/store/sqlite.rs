@@ -1,13 +1,22 @@
 //! The SQLite store: WAL, `synchronous=FULL` by default, a busy timeout, migrations from
 //! `migrations/`, and `BEGIN IMMEDIATE` for every transaction that reads then writes.
+//!
+//! Writers in this process queue for SQLite's one write lock on an async mutex (the write
+//! gate) instead of in SQLite's busy handler: the busy handler polls with sleeps of up to
+//! 100 ms, so a scheduler batch, the dispatcher and the API contending for the lock would
+//! spend most of their time asleep. The busy timeout still covers other processes (the CLI,
+//! a backup) that write to the same file.
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{
     AttemptOutcome, Conversion, EnrollmentView, Error, Inserted, MessageView, NewMessage,
@@ -39,11 +48,17 @@ impl Default for OpenOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    write_gate: Arc<Mutex<()>>,
+    /// Writers queued at the gate: a long batch commits early when others wait.
+    writers_waiting: Arc<AtomicUsize>,
 }
 
 /// One `BEGIN IMMEDIATE` transaction. Dropped without [`Tx::commit`], it rolls back.
 pub struct Tx {
     tx: Transaction<'static, Sqlite>,
+    // Declared after `tx` so the rollback on drop happens before the next writer enters.
+    _gate: OwnedMutexGuard<()>,
+    writers_waiting: Arc<AtomicUsize>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -78,7 +93,11 @@ impl Store {
             .await
             .map_err(open_error)?;
         MIGRATOR.run(&pool).await.map_err(Error::Migrate)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            write_gate: Arc::new(Mutex::new(())),
+            writers_waiting: Arc::default(),
+        })
     }
 
     /// The connection pool, for tools that measure the database itself (`trellis-bench`
@@ -94,12 +113,19 @@ impl Store {
     /// # Errors
     /// When the lock cannot be had within the busy timeout.
     pub async fn begin(&self) -> Result<Tx, Error> {
+        self.writers_waiting.fetch_add(1, Ordering::SeqCst);
+        let gate = Arc::clone(&self.write_gate).lock_owned().await;
+        self.writers_waiting.fetch_sub(1, Ordering::SeqCst);
         let tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(query("beginning a transaction"))?;
-        Ok(Tx { tx })
+        Ok(Tx {
+            tx,
+            _gate: gate,
+            writers_waiting: Arc::clone(&self.writers_waiting),
+        })
     }
 
     /// Whether the database answers.
@@ -330,40 +356,55 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<OutboxMessage>, Error> {
         let mut tx = self.begin().await?;
+        // The candidates first, so that the checks below look at this batch only and a
+        // claim costs the same with ten or a million messages waiting.
+        let candidates: Vec<String> = sqlx::query_scalar(
+            "SELECT m.key FROM messages m JOIN workflows w ON w.id = m.workflow_id
+             WHERE m.status = 'pending' AND m.next_attempt_at <= ?1 AND w.paused = 0
+             ORDER BY m.next_attempt_at LIMIT ?2",
+        )
+        .bind(millis(now))
+        .bind(limit)
+        .fetch_all(&mut *tx.tx)
+        .await
+        .map_err(query("choosing messages to claim"))?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = serde_json::Value::from(candidates).to_string();
         // Consent is checked once more at the last moment: a marketing message queued before
         // the customer opted out (by any route) never leaves; nor does anything to an address
         // suppressed since it was queued.
         sqlx::query(
             "UPDATE messages SET status = 'cancelled', last_error = 'consent withdrawn before sending', updated_at = ?1
-             WHERE status = 'pending' AND next_attempt_at <= ?1 AND category = 'marketing' AND channel IN ('email', 'sms')
+             WHERE key IN (SELECT value FROM json_each(?2)) AND category = 'marketing' AND channel IN ('email', 'sms')
                AND EXISTS (SELECT 1 FROM customers c WHERE c.id = messages.customer_id
                            AND coalesce(json_extract(c.profile, '$.consent.' || messages.channel), 0) = 0)",
         )
         .bind(millis(now))
+        .bind(&keys)
         .execute(&mut *tx.tx)
         .await
         .map_err(query("cancelling messages without consent"))?;
         sqlx::query(
             "UPDATE messages SET status = 'suppressed', last_error = 'address suppressed before sending', updated_at = ?1
-             WHERE status = 'pending' AND next_attempt_at <= ?1 AND channel IN ('email', 'sms')
+             WHERE key IN (SELECT value FROM json_each(?2)) AND status = 'pending' AND channel IN ('email', 'sms')
                AND EXISTS (SELECT 1 FROM customers c JOIN suppressions s ON s.channel = messages.channel
                            AND s.address = lower(json_extract(c.profile, CASE messages.channel WHEN 'email' THEN '$.email' ELSE '$.phone' END))
                            WHERE c.id = messages.customer_id)",
         )
         .bind(millis(now))
+        .bind(&keys)
         .execute(&mut *tx.tx)
         .await
         .map_err(query("suppressing messages to suppressed addresses"))?;
         let rows = sqlx::query(
             "UPDATE messages SET status = 'sending', updated_at = ?1
-             WHERE key IN (
-                SELECT m.key FROM messages m JOIN workflows w ON w.id = m.workflow_id
-                WHERE m.status = 'pending' AND m.next_attempt_at <= ?1 AND w.paused = 0
-                ORDER BY m.next_attempt_at LIMIT ?2)
+             WHERE key IN (SELECT value FROM json_each(?2)) AND status = 'pending'
              RETURNING key, workflow_id, customer_id, attempts, created_at, payload",
         )
         .bind(millis(now))
-        .bind(limit)
+        .bind(&keys)
         .fetch_all(&mut *tx.tx)
         .await
         .map_err(query("claiming messages"))?;
@@ -596,6 +637,13 @@ fn event_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Event, Error> {
 }
 
 impl Tx {
+    /// Whether other writers in this process are waiting for this transaction to end: a
+    /// batch that can stop anywhere (the scheduler's) commits what it has and lets them in,
+    /// so a large batch never holds up the dispatcher's small commits for long.
+    pub fn others_waiting(&self) -> bool {
+        self.writers_waiting.load(Ordering::SeqCst) > 0
+    }
+
     /// Commits.
     ///
     /// # Errors
@@ -1296,5 +1344,43 @@ impl Tx {
                 .map_err(query("erasing a customer's data"))?;
         }
         Ok(gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::store::testing::temp_store;
+
+    #[tokio::test]
+    async fn writers_queue_at_the_gate_and_a_transaction_sees_them_waiting() {
+        let (store, _dir) = temp_store().await;
+        let first = store.begin().await.unwrap();
+        assert!(!first.others_waiting(), "nobody else is writing yet");
+        let second = tokio::spawn({
+            let store = store.clone();
+            async move { store.begin().await.map(|tx| tx.others_waiting()) }
+        });
+        let mut seen = false;
+        for _ in 0..200 {
+            if first.others_waiting() {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(seen, "the second writer is queued behind the first");
+        assert!(
+            !second.is_finished(),
+            "the second writer waits for the first to end"
+        );
+        first.commit().await.unwrap();
+        let second_saw_others = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the second writer enters once the first commits")
+            .unwrap()
+            .unwrap();
+        assert!(!second_saw_others);
     }
 }
