@@ -1,16 +1,20 @@
 //! `POST /v1/events` and `POST /v1/events/batch`: record events, nothing half-written.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::warn;
 
 use super::error::{Body, parse_json};
 use super::{ApiError, AppState, MAX_BATCH};
 use crate::model::{CustomerId, Event, EventId, Properties};
-use crate::store::Inserted;
+use crate::store::{Inserted, Store};
 
 /// An event as the API takes it.
 #[derive(Debug, Deserialize)]
@@ -85,13 +89,92 @@ async fn store_events(
     Ok(results)
 }
 
+/// Group commit for `POST /v1/events`: events posted one by one at the same time are
+/// stored in one transaction, each request answered once that transaction has committed.
+/// A lone request is written at once; under load, the requests that arrive while one group
+/// commits form the next, so concurrent clients are not held to one commit each.
+#[derive(Debug, Clone)]
+pub struct EventQueue(mpsc::UnboundedSender<Queued>);
+
+#[derive(Debug)]
+struct Queued {
+    customer: CustomerId,
+    event: Event,
+    now: Timestamp,
+    /// `None` when the group's transaction failed.
+    reply: oneshot::Sender<Option<Inserted>>,
+}
+
+impl EventQueue {
+    /// Starts the writer task; it ends when the last clone of the queue is dropped.
+    pub fn start(store: Store, nudge: Arc<Notify>) -> Self {
+        let (sender, mut queued) = mpsc::unbounded_channel::<Queued>();
+        tokio::spawn(async move {
+            let mut group = Vec::new();
+            while queued.recv_many(&mut group, MAX_BATCH).await > 0 {
+                let results = match write_group(&store, &group).await {
+                    Ok(results) => {
+                        nudge.notify_one();
+                        Some(results)
+                    }
+                    Err(err) => {
+                        warn!(error = %crate::scheduler::error_chain(&err), events = group.len(),
+                            "Storing a group of events failed; each is retried alone.");
+                        None
+                    }
+                };
+                for (i, q) in group.drain(..).enumerate() {
+                    let _ = q.reply.send(results.as_ref().map(|r| r[i]));
+                }
+            }
+        });
+        Self(sender)
+    }
+
+    /// Stores one event with whatever else is queued; `None` if that failed.
+    async fn insert(&self, customer: CustomerId, event: Event, now: Timestamp) -> Option<Inserted> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(Queued {
+                customer,
+                event,
+                now,
+                reply,
+            })
+            .ok()?;
+        answer.await.ok().flatten()
+    }
+}
+
+async fn write_group(
+    store: &Store,
+    group: &[Queued],
+) -> Result<Vec<Inserted>, crate::store::Error> {
+    let mut tx = store.begin().await?;
+    let mut results = Vec::with_capacity(group.len());
+    for q in group {
+        results.push(tx.insert_event(&q.customer, &q.event, q.now).await?);
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
 /// One event: 202 when accepted, 200 when its id was seen before.
 pub(super) async fn post_one(
     State(state): State<AppState>,
     Body(body): Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let event = parse_json::<EventIn>(&body)?.into_event(state.clock.now())?;
-    let inserted = store_events(&state, &[event]).await?[0];
+    let now = state.clock.now();
+    let (customer, event) = parse_json::<EventIn>(&body)?.into_event(now)?;
+    let inserted = match state
+        .events
+        .insert(customer.clone(), event.clone(), now)
+        .await
+    {
+        Some(inserted) => inserted,
+        // Alone, so that the answer is this event's own error if there is one.
+        None => store_events(&state, &[(customer, event)]).await?[0],
+    };
     let status = match inserted {
         Inserted::Accepted => StatusCode::ACCEPTED,
         Inserted::Duplicate => StatusCode::OK,

@@ -47,6 +47,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The key unsubscribe tokens are signed with.
     pub unsubscribe_key: Arc<[u8]>,
+    /// Single events, group-committed.
+    pub events: events::EventQueue,
 }
 
 /// The whole API.

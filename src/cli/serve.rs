@@ -10,6 +10,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::events::EventQueue;
 use crate::api::{self, AppState};
 use crate::channels::dispatch::{self, DispatchCtx};
 use crate::channels::email::SmtpChannel;
@@ -182,6 +183,7 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             clock: clock.clone(),
         },
         api: AppState {
+            events: EventQueue::start(store.clone(), scheduler_nudge.clone()),
             store,
             catalog,
             clock,

@@ -125,16 +125,47 @@ pub fn previous_cron(cron: &croner::Cron, tz: &TimeZone, at: Timestamp) -> Optio
 /// # Errors
 /// croner's description of what is wrong.
 pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
-    croner::parser::CronParser::builder()
+    // A broadcast computes the next run for every customer from the same few expressions;
+    // parsing was a tenth of its time. The memo is a pure function's cache: same result.
+    const MEMO_SIZE: usize = 64;
+    thread_local! {
+        static PARSED: std::cell::RefCell<std::collections::HashMap<String, croner::Cron>> =
+            std::cell::RefCell::default();
+    }
+    if let Some(cron) = PARSED.with_borrow(|memo| memo.get(expr).cloned()) {
+        return Ok(cron);
+    }
+    let cron = croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Disallowed)
         .build()
         .parse(expr)
-        .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))
+        .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))?;
+    PARSED.with_borrow_mut(|memo| {
+        if memo.len() >= MEMO_SIZE {
+            memo.clear();
+        }
+        memo.insert(expr.to_owned(), cron.clone());
+    });
+    Ok(cron)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memoised_cron_fires_like_a_fresh_one_and_errors_are_not_memoised() {
+        let tz = TimeZone::get("Europe/Paris").unwrap();
+        let after: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let first = next_cron(&parse_cron("0 9 * * MON").unwrap(), &tz, after);
+        let again = next_cron(&parse_cron("0 9 * * MON").unwrap(), &tz, after);
+        let other = next_cron(&parse_cron("0 9 * * TUE").unwrap(), &tz, after);
+        assert_eq!(first, Some("2026-11-23T08:00:00Z".parse().unwrap()));
+        assert_eq!(again, first);
+        assert_eq!(other, Some("2026-11-24T08:00:00Z".parse().unwrap()));
+        assert!(parse_cron("0 25 * * *").is_err());
+        assert!(parse_cron("0 25 * * *").is_err());
+    }
 
     fn ny() -> TimeZone {
         TimeZone::get("America/New_York").unwrap()

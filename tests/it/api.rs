@@ -378,3 +378,37 @@ async fn the_openapi_document_describes_every_route() {
     let (status, health) = app.raw("GET", "/healthz", None, "", String::new()).await;
     assert_eq!((status.as_u16(), health), (200, json!({"status": "ok"})));
 }
+
+#[tokio::test]
+async fn events_posted_one_by_one_at_once_are_each_stored_once_and_answered_alone() {
+    let app = std::sync::Arc::new(spawn_app(&[]).await);
+    let mut posts = tokio::task::JoinSet::new();
+    // Twenty ids, each posted twice at the same time: one of each pair is new, one a resend.
+    for i in 0..40 {
+        let app = app.clone();
+        posts.spawn(async move {
+            let event = json!({"id": format!("evt-{}", i % 20), "customer_id": format!("c{}", i % 20), "name": "page_viewed"});
+            app.call("POST", "/v1/events", Some(event)).await
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(answer) = posts.join_next().await {
+        let (status, body) = answer.unwrap();
+        answers.push((status.as_u16(), body["status"].as_str().unwrap().to_owned()));
+    }
+    answers.sort();
+    let accepted = answers
+        .iter()
+        .filter(|a| a.0 == 202 && a.1 == "accepted")
+        .count();
+    let duplicates = answers
+        .iter()
+        .filter(|a| a.0 == 200 && a.1 == "duplicate")
+        .count();
+    assert_eq!((accepted, duplicates), (20, 20), "{answers:?}");
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(app.service.api.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 20);
+}
