@@ -35,10 +35,6 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Rounds of due wake-ups in one tick; more waits for the next tick, so zero-length waits
 /// cannot hold a tick forever.
 const MAX_ROUNDS: usize = 64;
-/// A batch commits early, to let waiting writers in, only at multiples of this many items:
-/// often enough that the dispatcher's commits wait a few milliseconds, not a whole batch;
-/// rarely enough that the scheduler does not trade its batching for a commit per customer.
-const YIELD_EVERY: usize = 25;
 
 /// Builds the links templates see, such as the signed unsubscribe link.
 #[derive(Clone)]
@@ -129,9 +125,6 @@ pub async fn tick(ctx: &SchedulerCtx, now: Timestamp) -> Result<TickReport, stor
             report.messages += on_event(ctx, &mut tx, stored, &paused, now).await?;
             tx.mark_processed(stored.seq).await?;
             report.events += 1;
-            if report.events % YIELD_EVERY == 0 && tx.others_waiting() {
-                break;
-            }
         }
         tx.commit().await?;
         nudge_outbox(ctx, &report);
@@ -145,9 +138,6 @@ pub async fn tick(ctx: &SchedulerCtx, now: Timestamp) -> Result<TickReport, stor
         for enrollment in &due {
             report.messages += on_wake(ctx, &mut tx, enrollment, now).await?;
             report.woken += 1;
-            if report.woken % YIELD_EVERY == 0 && tx.others_waiting() {
-                break;
-            }
         }
         tx.commit().await?;
         nudge_outbox(ctx, &report);
@@ -161,9 +151,6 @@ pub async fn tick(ctx: &SchedulerCtx, now: Timestamp) -> Result<TickReport, stor
         for fire in &fires {
             report.messages += on_fire(ctx, &mut tx, fire, &paused, now).await?;
             report.fired += 1;
-            if report.fired % YIELD_EVERY == 0 && tx.others_waiting() {
-                break;
-            }
         }
         tx.commit().await?;
         nudge_outbox(ctx, &report);
