@@ -45,14 +45,7 @@ pub async fn scheduler_steps(dir: &Path, n: usize) -> anyhow::Result<f64> {
     }
     let due = start.checked_add(SignedDuration::from_secs(1))?;
     let started = Instant::now();
-    let mut woken = 0;
-    loop {
-        let report = tick(ctx, due).await?;
-        woken += report.woken;
-        if report.woken == 0 {
-            break;
-        }
-    }
+    let woken = workload::tick_until_idle(ctx, due, |r| r.woken).await?;
     let seconds = started.elapsed().as_secs_f64();
     if woken != 2 * n {
         bail!("the scheduler woke {woken} enrollments, not {}", 2 * n);

@@ -106,14 +106,7 @@ pub async fn broadcast_child(dir: &Path, n: usize) -> anyhow::Result<()> {
     refresh_segments(ctx, sunday).await?;
     let schedule_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let mut fired = 0;
-    loop {
-        let report = tick(ctx, monday_nine).await?;
-        fired += report.fired;
-        if report.fired == 0 {
-            break;
-        }
-    }
+    let fired = workload::tick_until_idle(ctx, monday_nine, |r| r.fired).await?;
     let enroll_seconds = started.elapsed().as_secs_f64();
     let (active,): (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM enrollments WHERE active = 1 AND node = 'hold'")

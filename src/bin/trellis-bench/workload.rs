@@ -161,3 +161,20 @@ pub fn free_port() -> anyhow::Result<u16> {
         .local_addr()?
         .port())
 }
+
+/// Ticks the scheduler at `now` until a tick handles nothing by `count` (woken, fired…);
+/// returns the total it handled.
+pub async fn tick_until_idle(
+    ctx: &trellis::scheduler::SchedulerCtx,
+    now: Timestamp,
+    count: fn(&trellis::scheduler::TickReport) -> usize,
+) -> anyhow::Result<usize> {
+    let mut total = 0;
+    loop {
+        let handled = count(&trellis::scheduler::tick(ctx, now).await?);
+        if handled == 0 {
+            return Ok(total);
+        }
+        total += handled;
+    }
+}
