@@ -15,7 +15,7 @@ use lettre::transport::smtp::client::TlsParameters;
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::smtp_pool::{NodelayPool, SmtpTarget, StartTls};
+use super::smtp_pool::{NodelayPool, Refusal, SmtpTarget, StartTls};
 use super::{Delivered, DeliveryError};
 use crate::store::Payload;
 
@@ -168,6 +168,36 @@ impl SmtpChannel {
             transport,
             from: from.to_owned(),
         })
+    }
+
+    /// Connects and logs in once, so that settings that can never work (no usable `AUTH`
+    /// mechanism, credentials refused, STARTTLS required but not offered) stop `serve` at
+    /// startup instead of leaving every message to be retried for a day. A server that is
+    /// merely unreachable is only logged: it may come up later.
+    ///
+    /// # Errors
+    /// A sentence naming the configuration problem.
+    pub async fn check(&self) -> Result<(), String> {
+        match &self.transport {
+            Transport::Pooled(pool) => match pool.probe().await {
+                Ok(()) => Ok(()),
+                Err(Refusal::Misconfigured(reason)) => Err(reason),
+                Err(Refusal::Failed(err)) => {
+                    tracing::warn!(error = %err, "The SMTP server cannot be reached now; email waits in the outbox.");
+                    Ok(())
+                }
+            },
+            Transport::Lettre(transport) => match transport.test_connection().await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_client() || e.is_permanent() => Err(format!(
+                    "the SMTP server refused the SMTP URL's settings: {e}"
+                )),
+                Err(e) => {
+                    tracing::warn!(error = %e, "The SMTP server cannot be reached now; email waits in the outbox.");
+                    Ok(())
+                }
+            },
+        }
     }
 
     /// The default sender.

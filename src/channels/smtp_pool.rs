@@ -54,6 +54,18 @@ pub struct SmtpTarget {
     pub timeout: Duration,
 }
 
+/// The `AUTH` mechanisms Trellis offers, in order of preference.
+const MECHANISMS: [Mechanism; 2] = [Mechanism::Plain, Mechanism::Login];
+
+/// Why a connection could not be opened and logged in.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The settings cannot work with this server: retrying will not help until they change.
+    Misconfigured(String),
+    /// The server could not be reached or refused for now.
+    Failed(DeliveryError),
+}
+
 /// Open connections kept for reuse; at most `max_idle` of them.
 pub struct NodelayPool {
     target: SmtpTarget,
@@ -129,18 +141,43 @@ impl NodelayPool {
     }
 
     async fn connect(&self) -> Result<AsyncSmtpConnection, DeliveryError> {
+        self.connect_checked()
+            .await
+            .map_err(|refusal| match refusal {
+                Refusal::Misconfigured(reason) => {
+                    // Not the message's fault: keep it (retried with backoff) and say so loudly.
+                    tracing::error!(%reason, "The SMTP settings do not work with this server.");
+                    DeliveryError::transient(reason)
+                }
+                Refusal::Failed(err) => err,
+            })
+    }
+
+    /// Connects once and logs in, telling a configuration problem (no usable `AUTH`
+    /// mechanism, credentials refused) apart from a server that is merely unreachable.
+    ///
+    /// # Errors
+    /// [`Refusal::Misconfigured`] or [`Refusal::Failed`].
+    pub async fn probe(&self) -> Result<(), Refusal> {
+        let mut conn = self.connect_checked().await?;
+        let _ = conn.quit().await;
+        Ok(())
+    }
+
+    async fn connect_checked(&self) -> Result<AsyncSmtpConnection, Refusal> {
         let target = &self.target;
         let what = format!("connecting to {}:{}", target.host, target.port);
+        let failed = |e: DeliveryError| Refusal::Failed(e);
         let connecting = async {
             let tcp = TcpStream::connect((target.host.as_str(), target.port))
                 .await
-                .map_err(|e| DeliveryError::transient(format!("{what}: {e}")))?;
+                .map_err(|e| failed(DeliveryError::transient(format!("{what}: {e}"))))?;
             tcp.set_nodelay(true)
-                .map_err(|e| DeliveryError::transient(format!("{what}: {e}")))?;
+                .map_err(|e| failed(DeliveryError::transient(format!("{what}: {e}"))))?;
             let mut conn =
                 AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &target.hello)
                     .await
-                    .map_err(|e| classify(&e))?;
+                    .map_err(|e| failed(classify(&e)))?;
             match &target.tls {
                 StartTls::Off => {}
                 StartTls::Opportunistic(params) | StartTls::Required(params)
@@ -148,31 +185,52 @@ impl NodelayPool {
                 {
                     conn.starttls(params.clone(), &target.hello)
                         .await
-                        .map_err(|e| classify(&e))?;
+                        .map_err(|e| failed(classify(&e)))?;
                 }
                 StartTls::Opportunistic(_) => {}
                 StartTls::Required(_) => {
                     conn.abort().await;
-                    return Err(DeliveryError::transient(format!(
+                    return Err(Refusal::Misconfigured(format!(
                         "{}:{} does not offer STARTTLS, which the SMTP URL requires (tls=required)",
                         target.host, target.port
                     )));
                 }
             }
             if let Some(credentials) = &target.credentials {
-                conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
-                    .await
-                    .map_err(|e| classify(&e))?;
+                let usable: Vec<Mechanism> = MECHANISMS
+                    .into_iter()
+                    .filter(|m| conn.server_info().supports_auth_mechanism(*m))
+                    .collect();
+                if usable.is_empty() {
+                    let offered = conn.server_info().to_string();
+                    conn.abort().await;
+                    return Err(Refusal::Misconfigured(format!(
+                        "{}:{} offers no authentication mechanism Trellis can use (PLAIN or LOGIN), but the SMTP URL has a user and password; the server says: {offered}. Check the port, and whether AUTH needs TLS first (tls=required or smtps://)",
+                        target.host, target.port
+                    )));
+                }
+                if let Err(e) = conn.auth(&usable, credentials).await {
+                    conn.abort().await;
+                    return Err(match e.status().map(u16::from) {
+                        Some(code) if !super::email::reply_is_transient(code) => {
+                            Refusal::Misconfigured(format!(
+                                "{}:{} refused the SMTP URL's user and password: {e}",
+                                target.host, target.port
+                            ))
+                        }
+                        _ => failed(classify(&e)),
+                    });
+                }
             }
             Ok(conn)
         };
         tokio::time::timeout(target.timeout, connecting)
             .await
             .unwrap_or_else(|_| {
-                Err(DeliveryError::transient(format!(
+                Err(failed(DeliveryError::transient(format!(
                     "{what}: no answer within {:?}",
                     target.timeout
-                )))
+                ))))
             })
     }
 }

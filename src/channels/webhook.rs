@@ -34,12 +34,27 @@ pub fn is_internal(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_internal(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let seg = v6.segments();
+            let embedded_v4 = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                is_internal(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)))
+            };
+            let first = seg[0];
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
+                // IPv4-compatible ::/96 (deprecated; some stacks still route it to IPv4)
+                || seg[..6] == [0; 6]
+                // NAT64 64:ff9b::/96 reaches the embedded IPv4 address
+                || (seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && embedded_v4(seg[6], seg[7]))
+                || (first == 0x64 && seg[1] == 0xff9b && seg[2] == 1) // local NAT64 64:ff9b:1::/48
+                || (first == 0x2002 && embedded_v4(seg[1], seg[2])) // 6to4 2002::/16
+                || (first == 0x2001 && seg[1] == 0x0db8) // documentation 2001:db8::/32
+                || (first == 0x0100 && seg[1..4] == [0; 3]) // discard-only 100::/64
                 || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
                 || (first & 0xffc0) == 0xfe80 // link local fe80::/10
+                || (first & 0xffc0) == 0xfec0 // site local fec0::/10 (deprecated)
         }
     }
 }
@@ -217,10 +232,27 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::8.8.8.8",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::1",
+            "2002:7f00:1::",
+            "2002:c0a8:101::1",
+            "fec0::1",
+            "2001:db8::1",
+            "100::1",
         ] {
             assert!(is_internal(internal.parse().unwrap()), "{internal}");
         }
-        for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+        for public in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
             assert!(!is_internal(public.parse().unwrap()), "{public}");
         }
     }

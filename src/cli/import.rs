@@ -24,7 +24,8 @@ const SHOWN_REFUSALS: usize = 50;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
     /// Profiles: `id`, `email`, `phone`, `timezone`, `locale`, `consent_email`, `consent_sms`,
-    /// `tags` (separated by `;`); other CSV columns become attributes.
+    /// `tags` (separated by `;`); other CSV columns become attributes, as text unless the
+    /// header declares `name:number` or `name:boolean`.
     Customers,
     /// Events: `id`, `customer_id`, `name`, `timestamp`; other CSV columns become properties.
     Events,
@@ -49,24 +50,83 @@ pub struct Args {
 /// One row, parsed or refused, with its line number.
 type Row<T> = (usize, Result<T, String>);
 
-/// A CSV cell as JSON: numbers and booleans as such, empty as absent, the rest as text.
-fn cell_value(text: &str) -> Option<Value> {
-    let text = text.trim();
-    if text.is_empty() {
-        return None;
+/// The type a CSV column declares in its header (`age:number`); undeclared columns are text,
+/// so a phone `+15551230007`, an id `007` or a zip `02134` arrive exactly as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColumnType {
+    /// Kept as written (the default).
+    String,
+    /// A JSON number; a cell that is not one refuses the row.
+    Number,
+    /// `true`/`false` (also `yes`/`no`, `1`/`0`); anything else refuses the row.
+    Boolean,
+}
+
+/// One CSV column: its name and declared type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Column {
+    name: String,
+    kind: ColumnType,
+}
+
+impl Column {
+    /// Reads a header cell: `name` or `name:type`.
+    fn parse(header: &str, position: usize) -> anyhow::Result<Self> {
+        let header = header.trim();
+        let (name, kind) = match header.rsplit_once(':') {
+            None => (header, ColumnType::String),
+            Some((name, kind)) => {
+                let kind = match kind.trim() {
+                    "string" | "text" => ColumnType::String,
+                    "number" => ColumnType::Number,
+                    "boolean" | "bool" => ColumnType::Boolean,
+                    other => bail!(
+                        "column {position} ({header:?}) declares an unknown type {other:?}: use string, number or boolean"
+                    ),
+                };
+                (name.trim(), kind)
+            }
+        };
+        if name.is_empty() {
+            bail!("column {position} has no name");
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            kind,
+        })
     }
-    if let Ok(n) = text.parse::<i64>() {
-        return Some(Value::from(n));
+
+    /// A cell of this column as JSON: empty is absent; text stays text unless declared.
+    fn value(&self, text: &str) -> Result<Option<Value>, String> {
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Ok(None);
+        }
+        let refuse = |what: &str| format!("{}: {trimmed:?} is not {what}", self.name);
+        match self.kind {
+            ColumnType::String => Ok(Some(Value::String(trimmed.to_owned()))),
+            ColumnType::Number => {
+                if let Ok(n) = trimmed.parse::<i64>() {
+                    return Ok(Some(Value::from(n)));
+                }
+                match trimmed.parse::<f64>() {
+                    Ok(x) if x.is_finite() => Ok(Some(Value::from(x))),
+                    _ => Err(refuse("a number")),
+                }
+            }
+            ColumnType::Boolean => parse_flag(trimmed)
+                .map(|b| Some(Value::Bool(b)))
+                .ok_or_else(|| refuse("true or false")),
+        }
     }
-    if let Ok(x) = text.parse::<f64>()
-        && x.is_finite()
-    {
-        return Some(Value::from(x));
-    }
-    match text {
-        "true" => Some(Value::Bool(true)),
-        "false" => Some(Value::Bool(false)),
-        _ => Some(Value::String(text.to_owned())),
+}
+
+/// `true`/`yes`/`y`/`1` or `false`/`no`/`n`/`0`, in any case.
+fn parse_flag(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "y" | "1" => Some(true),
+        "false" | "no" | "n" | "0" => Some(false),
+        _ => None,
     }
 }
 
@@ -76,28 +136,68 @@ fn csv_rows(path: &Path) -> anyhow::Result<Vec<Row<Map<String, Value>>>> {
         .flexible(false)
         .from_path(path)
         .with_context(|| format!("reading {}", path.display()))?;
-    let headers: Vec<String> = reader
+    let columns: Vec<Column> = reader
         .headers()
         .context("reading the CSV header")?
         .iter()
-        .map(|h| h.trim().to_owned())
-        .collect();
+        .enumerate()
+        .map(|(i, h)| Column::parse(h, i + 1))
+        .collect::<anyhow::Result<_>>()
+        .with_context(|| format!("reading the header of {}", path.display()))?;
+    for (i, column) in columns.iter().enumerate() {
+        if let Some(j) = columns[..i].iter().position(|c| c.name == column.name) {
+            bail!(
+                "{}: columns {} and {} are both named {:?}",
+                path.display(),
+                j + 1,
+                i + 1,
+                column.name
+            );
+        }
+    }
     Ok(reader
         .records()
         .enumerate()
         .map(|(i, record)| {
             let cells = record
                 .map_err(|_| "the row does not have one value per column".to_owned())
-                .map(|record| {
-                    headers
-                        .iter()
-                        .zip(record.iter())
-                        .filter_map(|(name, text)| cell_value(text).map(|v| (name.clone(), v)))
-                        .collect()
+                .and_then(|record| {
+                    let mut cells = Map::new();
+                    for (column, text) in columns.iter().zip(record.iter()) {
+                        if let Some(value) = column.value(text)? {
+                            cells.insert(column.name.clone(), value);
+                        }
+                    }
+                    Ok(cells)
                 });
             (i + 2, cells)
         })
         .collect())
+}
+
+/// Refuses every row whose customer id an earlier row of the same file already used: two
+/// rows for one customer in one file are a mistake to show, not a silent replacement.
+fn refuse_repeated_ids(rows: Vec<Row<Customer>>) -> Vec<Row<Customer>> {
+    let mut first_line: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    rows.into_iter()
+        .map(|(line, row)| {
+            let row =
+                row.and_then(
+                    |customer| match first_line.entry(customer.id.as_str().to_owned()) {
+                        std::collections::hash_map::Entry::Occupied(first) => Err(format!(
+                            "id {:?} repeats line {}; the first row was kept",
+                            customer.id.as_str(),
+                            first.get()
+                        )),
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(line);
+                            Ok(customer)
+                        }
+                    },
+                );
+            (line, row)
+        })
+        .collect()
 }
 
 fn is_csv(path: &Path) -> bool {
@@ -132,14 +232,10 @@ fn customer_from_cells(mut cells: Map<String, Value>) -> Result<Customer, String
         match cells.remove(name) {
             None => Ok(false),
             Some(Value::Bool(b)) => Ok(b),
-            Some(Value::Number(n)) if n.as_i64() == Some(1) || n.as_i64() == Some(0) => {
-                Ok(n.as_i64() == Some(1))
-            }
-            Some(other) => match other.as_str().map(str::to_ascii_lowercase).as_deref() {
-                Some("yes" | "y") => Ok(true),
-                Some("no" | "n") => Ok(false),
-                _ => Err(format!("{name}: {other} is not true/false")),
-            },
+            Some(other) => other
+                .as_str()
+                .and_then(parse_flag)
+                .ok_or_else(|| format!("{name}: {other} is not true/false")),
         }
     };
     let id = text(&mut cells, "id").ok_or("id is missing")?;
@@ -172,20 +268,24 @@ fn customer_from_cells(mut cells: Map<String, Value>) -> Result<Customer, String
 
 fn parse_customers(path: &Path) -> anyhow::Result<Vec<Row<Customer>>> {
     if is_csv(path) {
-        return Ok(csv_rows(path)?
-            .into_iter()
-            .map(|(line, cells)| (line, cells.and_then(customer_from_cells)))
-            .collect());
+        return Ok(refuse_repeated_ids(
+            csv_rows(path)?
+                .into_iter()
+                .map(|(line, cells)| (line, cells.and_then(customer_from_cells)))
+                .collect(),
+        ));
     }
-    Ok(ndjson_rows(path)?
-        .into_iter()
-        .map(|(line, value)| {
-            let customer = value
-                .and_then(|v| serde_json::from_value::<Customer>(v).map_err(|e| e.to_string()))
-                .and_then(Customer::normalise_contacts);
-            (line, customer)
-        })
-        .collect())
+    Ok(refuse_repeated_ids(
+        ndjson_rows(path)?
+            .into_iter()
+            .map(|(line, value)| {
+                let customer = value
+                    .and_then(|v| serde_json::from_value::<Customer>(v).map_err(|e| e.to_string()))
+                    .and_then(Customer::normalise_contacts);
+                (line, customer)
+            })
+            .collect(),
+    ))
 }
 
 /// An API-shaped event from a CSV row: the known columns, and the rest as properties.

@@ -81,6 +81,42 @@ fn channels(config: &ServeConfig, key: &Secret) -> anyhow::Result<Channels> {
     })
 }
 
+/// The shortest API token accepted: long enough that it cannot be guessed by trying.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// The token the API requires, or `None` when serving without auth was asked for on a
+/// loopback address. A blank token is no token: it never turns authentication off by itself.
+fn api_token(config: &ServeConfig) -> anyhow::Result<Option<Secret>> {
+    let token = config
+        .api_token
+        .as_ref()
+        .filter(|t| !t.expose().trim().is_empty());
+    match token {
+        Some(token) if token.expose().chars().count() < MIN_TOKEN_CHARS => bail!(
+            "the API token is too short: use at least {MIN_TOKEN_CHARS} characters (for example `openssl rand -hex 32`) so that it cannot be guessed"
+        ),
+        Some(token) => Ok(Some(token.clone())),
+        None if !config.insecure_no_auth => {
+            let why = if config.api_token.is_some() {
+                "the API token is empty"
+            } else {
+                "no API token is set"
+            };
+            bail!(
+                "{why}: set TRELLIS_API_TOKEN (or --api-token) to at least {MIN_TOKEN_CHARS} characters, or pass --insecure-no-auth to serve without one on a loopback address"
+            )
+        }
+        None if !config.listen.ip().is_loopback() => bail!(
+            "--insecure-no-auth is allowed only on a loopback address, not {}",
+            config.listen
+        ),
+        None => {
+            warn!(listen = %config.listen, "Serving the API without authentication (--insecure-no-auth).");
+            Ok(None)
+        }
+    }
+}
+
 /// Everything `serve` runs, built and ready: exposed so tests can run it in-process.
 pub struct Service {
     /// The scheduler's context.
@@ -101,19 +137,7 @@ pub struct Service {
 /// Broken workflows or templates (with every problem), a database that will not open, or
 /// an unusable setting.
 pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Service> {
-    if config.api_token.is_none() {
-        if !config.insecure_no_auth {
-            bail!(
-                "set TRELLIS_API_TOKEN (or --api-token), or pass --insecure-no-auth to serve without one on a loopback address"
-            );
-        }
-        if !config.listen.ip().is_loopback() {
-            bail!(
-                "--insecure-no-auth is allowed only on a loopback address, not {}",
-                config.listen
-            );
-        }
-    }
+    let token = api_token(config)?;
     let checked = check_paths(&[config.workflows.as_path()], &config.templates);
     let (workflows, templates, segments) = (checked.workflows, checked.templates, checked.segments);
     if !checked.problems.is_empty() {
@@ -158,6 +182,11 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
     let scheduler_nudge = Arc::new(Notify::new());
     let outbox_nudge = Arc::new(Notify::new());
     let channels = Arc::new(channels(config, &key)?);
+    if let EmailSink::Smtp(smtp) = &channels.email {
+        smtp.check().await.map_err(|reason| {
+            anyhow::anyhow!("the SMTP settings (TRELLIS_SMTP_URL) cannot work: {reason}")
+        })?;
+    }
     Ok(Service {
         scheduler: SchedulerCtx {
             store: store.clone(),
@@ -188,7 +217,7 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             catalog,
             clock,
             nudge: scheduler_nudge.clone(),
-            token: config.api_token.clone(),
+            token,
             max_body_bytes: config.max_body_bytes,
             unsubscribe_key,
         },

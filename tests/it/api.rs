@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::app::{TOKEN, spawn_app};
+use crate::app::{TOKEN, build_error, spawn_app};
 
 #[tokio::test]
 async fn bad_requests_get_a_stable_code_and_a_reason_naming_the_problem() {
@@ -216,6 +216,42 @@ async fn a_batch_with_one_bad_event_stores_none_and_names_the_bad_one() {
     assert!(
         status == 422 && body["detail"].as_str().unwrap().contains("at most 1000"),
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_blank_or_short_token_is_no_token() {
+    for blank in ["", "   ", "\t"] {
+        let err = build_error(&["--listen", "0.0.0.0:8080", "--api-token", blank])
+            .await
+            .unwrap_or_else(|| panic!("a blank token {blank:?} on 0.0.0.0 must be refused"));
+        assert!(err.contains("empty"), "{err}");
+        // Blank plus the explicit flag on loopback is serving without auth, as asked.
+        let on_loopback = build_error(&["--api-token", blank, "--insecure-no-auth"]).await;
+        assert_eq!(on_loopback, None);
+        let off_loopback = build_error(&[
+            "--listen",
+            "0.0.0.0:8080",
+            "--api-token",
+            blank,
+            "--insecure-no-auth",
+        ])
+        .await
+        .unwrap();
+        assert!(
+            off_loopback.contains("only on a loopback address"),
+            "{off_loopback}"
+        );
+    }
+    let err = build_error(&["--api-token", "short-token"]).await.unwrap();
+    assert!(err.contains("at least 16 characters"), "{err}");
+    assert!(
+        !err.contains("short-token"),
+        "the token is never printed: {err}"
+    );
+    assert_eq!(
+        build_error(&["--api-token", "sixteen-chars-ok"]).await,
+        None
     );
 }
 

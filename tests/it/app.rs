@@ -23,7 +23,7 @@ use trellis::scheduler::{self, TickReport};
 use crate::helpers::root;
 
 /// The bearer token test apps use.
-pub const TOKEN: &str = "test-token";
+pub const TOKEN: &str = "test-token-0123456789abcdef";
 
 #[derive(Parser)]
 #[command(args_override_self = true)]
@@ -87,6 +87,27 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[&str]) -> TestApp {
         outbox,
         _dir: dir,
     }
+}
+
+/// Builds the service from `flags` and returns the refusal it starts with, if any.
+pub async fn build_error(flags: &[&str]) -> Option<String> {
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        config: trellis::config::ServeConfig,
+    }
+    use clap::Parser;
+    let clock = std::sync::Arc::new(trellis::clock::ManualClock::new(
+        "2026-01-01T00:00:00Z".parse().unwrap(),
+    ));
+    let args = ["trellis", "--database-url", "sqlite::memory:"]
+        .iter()
+        .chain(flags);
+    let config = Flags::try_parse_from(args).unwrap().config;
+    trellis::cli::serve::build(&config, clock)
+        .await
+        .err()
+        .map(|e| e.to_string())
 }
 
 impl TestApp {
@@ -216,7 +237,7 @@ impl SmtpSink {
             .arg(dir.path())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("python3 runs (aiosmtpd is installed by .ci/run)");
+            .expect("python3 runs (./test.sh installs aiosmtpd in a virtual environment)");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -226,7 +247,7 @@ impl SmtpSink {
             .strip_prefix("ready ")
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| {
-                panic!("the SMTP sink did not start: {line:?} (pip install aiosmtpd)")
+                panic!("the SMTP sink did not start: {line:?} (run the tests with ./test.sh, which installs aiosmtpd)")
             });
         SmtpSink { child, dir, port }
     }

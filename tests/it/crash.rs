@@ -36,7 +36,7 @@ impl Server {
                 "--smtp-url",
                 smtp,
                 "--api-token",
-                "t",
+                "crash-test-token-0123456789",
                 "--listen",
             ])
             .arg(format!("127.0.0.1:{port}"))

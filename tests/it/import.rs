@@ -25,7 +25,7 @@ async fn a_csv_of_customers_imports_the_good_rows_and_names_the_bad_ones() {
     let csv = dir.path().join("customers.csv");
     std::fs::write(
         &csv,
-        "id,email,phone,timezone,consent_email,tags,plan,lifetime_value\n\
+        "id,email,phone,timezone,consent_email,tags,plan,lifetime_value:number\n\
          ada,ada@example.com,+1 415 555 0101,America/New_York,true,vip;beta,pro,120.5\n\
          bob,not-an-email,,,false,,free,0\n\
          cy,cy@example.com,,Mars/Olympus,yes,,free,3\n\
@@ -112,7 +112,7 @@ async fn csv_events_take_their_extra_columns_as_properties() {
     let file = dir.path().join("orders.csv");
     std::fs::write(
         &file,
-        "id,customer_id,name,timestamp,value,currency\n\
+        "id,customer_id,name,timestamp,value:number,currency\n\
          o1,ada,order_completed,2026-01-05T10:00:00Z,59.9,EUR\n\
          o2,ada,order_completed,last tuesday,10,EUR\n",
     )
@@ -132,4 +132,91 @@ async fn csv_events_take_their_extra_columns_as_properties() {
     assert_eq!(events[0].properties["value"], 59.9);
     assert_eq!(events[0].properties["currency"], "EUR");
     assert_eq!(events[0].timestamp.to_string(), "2026-01-05T10:00:00Z");
+}
+
+#[tokio::test]
+async fn csv_cells_stay_text_unless_their_column_declares_a_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let csv = dir.path().join("customers.csv");
+    std::fs::write(
+        &csv,
+        "id,phone,zip,age:number,vip:boolean,note\n\
+         007,+15551230007,02134,41,yes,1e3\n\
+         008,,00501,forty,no,true\n\
+         009,,10001,7,maybe,x\n\
+         007,+15551230008,99999,50,no,again\n",
+    )
+    .unwrap();
+    let (code, out) = import("customers", &csv, &db);
+    assert_eq!(code, Some(1), "{out}");
+    insta::assert_snapshot!(out.replace(csv.to_str().unwrap(), "customers.csv"), @r#"
+    customers.csv: 4 rows, 1 imported, 0 duplicates, 3 refused
+      line 3: age: "forty" is not a number
+      line 4: vip: "maybe" is not true or false
+      line 5: id "007" repeats line 2; the first row was kept
+    "#);
+    let store = Store::open(&db, OpenOptions::default()).await.unwrap();
+    let bond = store
+        .customer(&CustomerId::parse("007").unwrap())
+        .await
+        .unwrap()
+        .expect("the id keeps its leading zeros");
+    assert_eq!(bond.phone.as_deref(), Some("+15551230007"));
+    assert_eq!(bond.attributes["zip"], "02134");
+    assert_eq!(bond.attributes["age"], 41);
+    assert_eq!(bond.attributes["vip"], true);
+    assert_eq!(
+        bond.attributes["note"], "1e3",
+        "undeclared columns are text"
+    );
+    assert!(
+        store
+            .customer(&CustomerId::parse("7").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn an_unknown_column_type_stops_the_import_before_any_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let csv = dir.path().join("customers.csv");
+    std::fs::write(&csv, "id,age:int\nada,3\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(["import", "customers"])
+        .arg(&csv)
+        .args(["--database-url", &db])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown type \"int\": use string, number or boolean"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn ndjson_customers_with_a_repeated_id_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let file = dir.path().join("customers.ndjson");
+    std::fs::write(
+        &file,
+        "{\"id\": \"ada\", \"email\": \"ada@example.com\"}\n{\"id\": \"ada\", \"email\": \"other@example.com\"}\n",
+    )
+    .unwrap();
+    let (code, out) = import("customers", &file, &db);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("line 2: id \"ada\" repeats line 1"), "{out}");
+    let store = Store::open(&db, OpenOptions::default()).await.unwrap();
+    let ada = store
+        .customer(&CustomerId::parse("ada").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ada.email.as_deref(), Some("ada@example.com"));
 }

@@ -4,7 +4,7 @@
 use jiff::SignedDuration;
 use serde_json::json;
 
-use crate::app::{SmtpSink, TwilioServer, spawn_app};
+use crate::app::{SmtpSink, TwilioServer, build_error, spawn_app};
 
 fn ada() -> serde_json::Value {
     json!({
@@ -445,4 +445,35 @@ async fn a_goal_with_no_message_received_in_the_attribution_window_is_not_credit
     let (_, view) = app.call("GET", "/v1/customers/ada", None).await;
     assert_eq!(view["conversions"][0]["value"], 10.0);
     assert_eq!(view["conversions"][0]["message_key"], json!(null));
+}
+
+#[tokio::test]
+async fn an_smtp_server_without_a_usable_auth_mechanism_stops_serve_at_startup() {
+    // aiosmtpd offers no AUTH at all: credentials in the URL can never work with it, so
+    // this is a configuration error to say at once, not a day of retries per message.
+    let smtp = SmtpSink::start();
+    let url = format!("smtp://mailer:s3cret-password@127.0.0.1:{}", smtp.port);
+    let err = build_error(&["--api-token", "a-token-of-sixteen+", "--smtp-url", &url])
+        .await
+        .expect("serve refuses to start");
+    assert!(
+        err.contains("offers no authentication mechanism") && err.contains("TRELLIS_SMTP_URL"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("s3cret-password"),
+        "the password is never printed: {err}"
+    );
+    // The same server without credentials is fine, and one that is down only warns.
+    let plain = build_error(&[
+        "--api-token",
+        "a-token-of-sixteen+",
+        "--smtp-url",
+        &smtp.url(),
+    ])
+    .await;
+    assert_eq!(plain, None);
+    drop(smtp);
+    let down = build_error(&["--api-token", "a-token-of-sixteen+", "--smtp-url", &url]).await;
+    assert_eq!(down, None, "an unreachable server may come up later");
 }
