@@ -32,9 +32,28 @@ pub enum ApiError {
     /// No such workflow.
     #[error("no workflow named {0:?}")]
     UnknownWorkflow(String),
+    /// The database cannot take this now (disk full, locked by another process, no
+    /// connection in time) but will again by itself: 503 with `Retry-After`.
+    #[error(
+        "the database cannot take this request now; nothing was stored — retry after {RETRY_AFTER_SECONDS} s"
+    )]
+    Unavailable(#[source] store::Error),
     /// The store failed.
     #[error("internal error")]
-    Internal(#[from] store::Error),
+    Internal(#[source] store::Error),
+}
+
+/// What a 503 asks the client to wait, in seconds.
+pub const RETRY_AFTER_SECONDS: u32 = 2;
+
+impl From<store::Error> for ApiError {
+    fn from(err: store::Error) -> Self {
+        if err.is_unavailable() {
+            ApiError::Unavailable(err)
+        } else {
+            ApiError::Internal(err)
+        }
+    }
 }
 
 impl ApiError {
@@ -47,6 +66,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::UnknownCustomer(_) => (StatusCode::NOT_FOUND, "unknown_customer"),
             ApiError::UnknownWorkflow(_) => (StatusCode::NOT_FOUND, "unknown_workflow"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -69,14 +89,26 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if let ApiError::Internal(err) = &self {
-            tracing::error!(error = %crate::scheduler::error_chain(err), "Request failed.");
+        match &self {
+            ApiError::Internal(err) => {
+                tracing::error!(error = %crate::scheduler::error_chain(err), "Request failed.");
+            }
+            ApiError::Unavailable(err) => {
+                tracing::warn!(error = %crate::scheduler::error_chain(err), "Request refused for now: the database cannot take it.");
+            }
+            _ => {}
         }
         let mut response = (
             status,
             Json(json!({ "error": code, "detail": self.to_string() })),
         )
             .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_SECONDS),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

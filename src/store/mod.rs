@@ -40,6 +40,10 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+    /// The write lock was not had within the wait allowed (another writer, maybe another
+    /// process, holds it).
+    #[error("{0}: the database stayed locked longer than the wait allowed")]
+    Busy(&'static str),
     /// Stored JSON did not decode: the row was written by an incompatible version.
     #[error("decoding {what}")]
     Decode {
@@ -50,6 +54,40 @@ pub enum Error {
         source: serde_json::Error,
     },
 }
+
+impl Error {
+    /// Whether the database cannot serve this now but will again by itself: the disk is full,
+    /// the file is locked by another process longer than the wait allowed, an I/O error, or no
+    /// connection could be had in time. Callers answer 503 and retry; nothing is half-written,
+    /// because the transaction that met it rolled back.
+    pub fn is_unavailable(&self) -> bool {
+        let source = match self {
+            Error::Open { source, .. } | Error::Query { source, .. } => source,
+            Error::Busy(_) => return true,
+            Error::Migrate(_) | Error::Decode { .. } => return false,
+        };
+        match source {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+            sqlx::Error::Database(db) => db
+                .code()
+                .and_then(|code| code.parse::<i32>().ok())
+                .is_some_and(|code| {
+                    // Primary result codes: the low byte of the extended code.
+                    matches!(
+                        code & 0xff,
+                        SQLITE_BUSY | SQLITE_LOCKED | SQLITE_IOERR | SQLITE_FULL | SQLITE_CANTOPEN
+                    )
+                }),
+            _ => false,
+        }
+    }
+}
+
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+const SQLITE_IOERR: i32 = 10;
+const SQLITE_FULL: i32 = 13;
+const SQLITE_CANTOPEN: i32 = 14;
 
 /// Shorthand for a query error with context.
 pub(crate) fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{
@@ -32,6 +32,11 @@ pub struct OpenOptions {
     pub synchronous_normal: bool,
     /// Connections in the pool.
     pub max_connections: u32,
+    /// How long a writer waits for the write lock, twice at most: once behind this
+    /// process's other writers (the write gate), once behind another process (SQLite's busy
+    /// timeout). Past it the store answers [`Error::is_unavailable`] and the API 503, so a
+    /// lock held elsewhere never makes a request wait without bound.
+    pub lock_wait: Duration,
 }
 
 impl Default for OpenOptions {
@@ -39,6 +44,7 @@ impl Default for OpenOptions {
         Self {
             synchronous_normal: false,
             max_connections: 8,
+            lock_wait: Duration::from_secs(3),
         }
     }
 }
@@ -48,11 +54,16 @@ impl Default for OpenOptions {
 pub struct Store {
     pool: SqlitePool,
     write_gate: Arc<Mutex<()>>,
+    lock_wait: Duration,
+    /// Why the last write failed for a reason that passes (disk full, locked), until a
+    /// write commits again; `/healthz` reports it.
+    write_failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// One `BEGIN IMMEDIATE` transaction. Dropped without [`Tx::commit`], it rolls back.
 pub struct Tx {
     tx: Transaction<'static, Sqlite>,
+    health: Arc<std::sync::Mutex<Option<String>>>,
     // Declared after `tx` so the rollback on drop happens before the next writer enters.
     _gate: OwnedMutexGuard<()>,
 }
@@ -81,10 +92,24 @@ impl Store {
             } else {
                 SqliteSynchronous::Full
             })
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(options.lock_wait)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
+            .acquire_timeout(options.lock_wait.max(Duration::from_secs(1)) * 2)
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    if !conn.is_in_transaction() {
+                        return Ok(true);
+                    }
+                    // A dropped transaction queues its ROLLBACK; a round trip lets it run.
+                    conn.ping().await?;
+                    // Still counted as open: a COMMIT failed (SQLITE_FULL) after SQLite had
+                    // rolled back by itself, so no ROLLBACK can end it and every later BEGIN
+                    // on this connection would fail. Close it instead of reusing it.
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(connect)
             .await
             .map_err(open_error)?;
@@ -92,6 +117,8 @@ impl Store {
         Ok(Self {
             pool,
             write_gate: Arc::new(Mutex::new(())),
+            lock_wait: options.lock_wait,
+            write_failure: Arc::default(),
         })
     }
 
@@ -108,13 +135,59 @@ impl Store {
     /// # Errors
     /// When the lock cannot be had within the busy timeout.
     pub async fn begin(&self) -> Result<Tx, Error> {
-        let gate = Arc::clone(&self.write_gate).lock_owned().await;
+        let waiting = Arc::clone(&self.write_gate).lock_owned();
+        let gate = tokio::time::timeout(self.lock_wait, waiting)
+            .await
+            .map_err(|_| self.note(Error::Busy("waiting for the write lock")))?;
         let tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(query("beginning a transaction"))?;
-        Ok(Tx { tx, _gate: gate })
+            .map_err(|e| self.note(query("beginning a transaction")(e)))?;
+        Ok(Tx {
+            tx,
+            health: Arc::clone(&self.write_failure),
+            _gate: gate,
+        })
+    }
+
+    /// Remembers a passing write failure for [`Store::write_health`].
+    fn note(&self, err: Error) -> Error {
+        note_failure(&self.write_failure, &err);
+        err
+    }
+
+    /// Whether writes work: `Err` with the reason while the last write failed for a reason
+    /// that passes (disk full, locked), until a write commits again. While failing, each
+    /// call tries a one-row write, so health turns good by itself once space returns.
+    ///
+    /// # Errors
+    /// The reason writes fail.
+    pub async fn write_health(&self) -> Result<(), String> {
+        let failing = self
+            .write_failure
+            .lock()
+            .map(|f| f.is_some())
+            .unwrap_or(true);
+        if !failing {
+            return Ok(());
+        }
+        let probe = async {
+            let mut tx = self.begin().await?;
+            sqlx::query(
+                "INSERT INTO settings (name, value) VALUES ('write_probe', ?1)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(std::process::id().to_string())
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(query("probing a write"))?;
+            tx.commit().await
+        };
+        match probe.await {
+            Ok(()) => Ok(()),
+            Err(err) => Err(crate::scheduler::error_chain(&err)),
+        }
     }
 
     /// Whether the database answers.
@@ -625,13 +698,34 @@ fn event_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Event, Error> {
     })
 }
 
+/// Records `err` as the reason writes fail, when it is one that passes.
+fn note_failure(health: &std::sync::Mutex<Option<String>>, err: &Error) {
+    if err.is_unavailable()
+        && let Ok(mut failure) = health.lock()
+    {
+        *failure = Some(crate::scheduler::error_chain(err));
+    }
+}
+
 impl Tx {
     /// Commits.
     ///
     /// # Errors
     /// When the commit fails; nothing was written.
     pub async fn commit(self) -> Result<(), Error> {
-        self.tx.commit().await.map_err(query("committing"))
+        let health = Arc::clone(&self.health);
+        match self.tx.commit().await.map_err(query("committing")) {
+            Ok(()) => {
+                if let Ok(mut failure) = health.lock() {
+                    *failure = None;
+                }
+                Ok(())
+            }
+            Err(err) => {
+                note_failure(&health, &err);
+                Err(err)
+            }
+        }
     }
 
     /// A customer's profile.

@@ -10,6 +10,8 @@ use serde_json::json;
 use crate::app::SmtpSink;
 use crate::helpers::root;
 
+/// The API token of the crash tests' servers.
+const CRASH_TOKEN: &str = "crash-test-token-0123456789";
 const CUSTOMERS: usize = 300;
 const BATCH: usize = 50;
 
@@ -36,7 +38,7 @@ impl Server {
                 "--smtp-url",
                 smtp,
                 "--api-token",
-                "crash-test-token-0123456789",
+                CRASH_TOKEN,
                 "--listen",
             ])
             .arg(format!("127.0.0.1:{port}"))
@@ -91,7 +93,7 @@ async fn post_batch(client: &reqwest::Client, port: u16, batch: usize) -> bool {
         .collect();
     client
         .post(format!("http://127.0.0.1:{port}/v1/events/batch"))
-        .bearer_auth("t")
+        .bearer_auth(CRASH_TOKEN)
         .json(&events)
         .send()
         .await
@@ -116,7 +118,7 @@ async fn kill_loop(concurrency: usize) -> (usize, usize, usize, usize) {
         let body = json!({"email": format!("c{i:04}@example.com"), "consent": {"email": true}});
         let put = client
             .put(format!("http://127.0.0.1:{port}/v1/customers/c{i:04}"))
-            .bearer_auth("t")
+            .bearer_auth(CRASH_TOKEN)
             .json(&body)
             .send()
             .await

@@ -9,6 +9,7 @@ mod controls;
 mod crash;
 mod engine;
 mod engine_props;
+mod faults;
 mod helpers;
 mod import;
 mod inbound;
