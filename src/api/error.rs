@@ -26,15 +26,72 @@ pub enum ApiError {
     /// No or a wrong bearer token.
     #[error("a valid bearer token is required: Authorization: Bearer <token>")]
     Unauthorized,
+    /// No or wrong Basic credentials on a webhook that takes them (inbound SMS).
+    #[error("valid Basic credentials are required: the user twilio and the API token as password")]
+    BasicUnauthorized,
     /// No such customer.
     #[error("no customer with id {0:?}")]
     UnknownCustomer(String),
     /// No such workflow.
     #[error("no workflow named {0:?}")]
     UnknownWorkflow(String),
+    /// A delivery report for a message Trellis does not know.
+    #[error("no message with key {0:?}")]
+    UnknownMessage(String),
+    /// A path segment did not decode (such as `%FF`, which is not UTF-8).
+    #[error("the path is not valid: {0}")]
+    InvalidPath(String),
+    /// The query string is missing a parameter or has a wrong one.
+    #[error("the query string is not valid: {0}")]
+    InvalidQuery(String),
+    /// No route has this path.
+    #[error("no such endpoint: {0}; GET /v1/openapi.json lists them")]
+    NotFound(String),
+    /// The route exists but not with this method.
+    #[error("method {method} is not allowed on {path}; the Allow header lists those that are")]
+    MethodNotAllowed {
+        /// The refused method.
+        method: String,
+        /// The path asked for.
+        path: String,
+    },
+    /// The database is busy (locked) or its disk is full: worth retrying later.
+    #[error("the database is busy or full; retry after {RETRY_AFTER_SECONDS} s")]
+    Unavailable(store::Error),
     /// The store failed.
     #[error("internal error")]
-    Internal(#[from] store::Error),
+    Internal(store::Error),
+}
+
+/// What a 503 asks the client to wait, in seconds (`Retry-After`).
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
+impl From<store::Error> for ApiError {
+    fn from(err: store::Error) -> Self {
+        if is_transient(&err) {
+            ApiError::Unavailable(err)
+        } else {
+            ApiError::Internal(err)
+        }
+    }
+}
+
+/// Whether a store error is SQLite being locked or full, or the pool having no connection
+/// free in time: conditions that pass.
+fn is_transient(err: &store::Error) -> bool {
+    let source = match err {
+        store::Error::Open { source, .. } | store::Error::Query { source, .. } => source,
+        store::Error::Migrate(_) | store::Error::Decode { .. } => return false,
+    };
+    match source {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<u32>().ok())
+            // Primary result codes: SQLITE_BUSY, SQLITE_LOCKED, SQLITE_FULL.
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6 | 13)),
+        _ => false,
+    }
 }
 
 impl ApiError {
@@ -44,9 +101,19 @@ impl ApiError {
             ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             ApiError::InvalidField(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Unauthorized | ApiError::BasicUnauthorized => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
             ApiError::UnknownCustomer(_) => (StatusCode::NOT_FOUND, "unknown_customer"),
             ApiError::UnknownWorkflow(_) => (StatusCode::NOT_FOUND, "unknown_workflow"),
+            ApiError::UnknownMessage(_) => (StatusCode::NOT_FOUND, "unknown_message"),
+            ApiError::InvalidPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
+            ApiError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -69,8 +136,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if let ApiError::Internal(err) = &self {
-            tracing::error!(error = %crate::scheduler::error_chain(err), "Request failed.");
+        match &self {
+            ApiError::Internal(err) => {
+                tracing::error!(error = %crate::scheduler::error_chain(err), "Request failed.");
+            }
+            ApiError::Unavailable(err) => {
+                tracing::warn!(error = %crate::scheduler::error_chain(err), "Request refused for now.");
+            }
+            _ => {}
         }
         let mut response = (
             status,
@@ -78,9 +151,21 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         if status == StatusCode::UNAUTHORIZED {
+            // Twilio sends Basic credentials only after a challenge that asks for them.
+            let challenge = if matches!(self, ApiError::BasicUnauthorized) {
+                "Basic realm=\"trellis\""
+            } else {
+                "Bearer"
+            };
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
+                axum::http::HeaderValue::from_static(challenge),
+            );
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_SECONDS),
             );
         }
         response
@@ -128,6 +213,7 @@ mod tests {
             (ApiError::InvalidField("x".into()), 422, "invalid_field"),
             (ApiError::BodyTooLarge(10), 413, "body_too_large"),
             (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::BasicUnauthorized, 401, "unauthorized"),
             (
                 ApiError::UnknownCustomer("c".into()),
                 404,
@@ -138,6 +224,18 @@ mod tests {
                 404,
                 "unknown_workflow",
             ),
+            (ApiError::UnknownMessage("k".into()), 404, "unknown_message"),
+            (ApiError::InvalidPath("x".into()), 400, "invalid_path"),
+            (ApiError::InvalidQuery("x".into()), 400, "invalid_query"),
+            (ApiError::NotFound("/x".into()), 404, "not_found"),
+            (
+                ApiError::MethodNotAllowed {
+                    method: "PUT".into(),
+                    path: "/x".into(),
+                },
+                405,
+                "method_not_allowed",
+            ),
         ];
         for (err, status, code) in table {
             assert_eq!(
@@ -145,5 +243,60 @@ mod tests {
                 (StatusCode::from_u16(status).unwrap(), code)
             );
         }
+    }
+
+    #[test]
+    fn a_busy_store_is_a_503_with_retry_after_and_other_failures_a_500() {
+        let busy = ApiError::from(store::Error::Query {
+            what: "x",
+            source: sqlx::Error::PoolTimedOut,
+        });
+        assert_eq!(
+            busy.status_and_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+        let response = busy.into_response();
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "1");
+        let broken = ApiError::from(store::Error::Query {
+            what: "x",
+            source: sqlx::Error::RowNotFound,
+        });
+        assert_eq!(
+            broken.status_and_code(),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        );
+        assert!(
+            !broken
+                .into_response()
+                .headers()
+                .contains_key(axum::http::header::RETRY_AFTER)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_locked_sqlite_database_is_unavailable() {
+        use sqlx::Connection;
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("t.db"))
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::ZERO);
+        let mut holder = SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::query("CREATE TABLE t (x)")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let mut other = SqliteConnection::connect_with(&options).await.unwrap();
+        let source = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        let err = ApiError::from(store::Error::Query { what: "x", source });
+        assert!(matches!(err, ApiError::Unavailable(_)), "{err:?}");
     }
 }

@@ -1,10 +1,11 @@
 //! `/kannel/dlr`: delivery reports from a Kannel gateway. The URL carries the message key
 //! and a signature of it, so only reports for messages Trellis sent are taken.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
+use super::extract::Query;
 use super::{ApiError, AppState};
 use crate::channels::sms_kannel::dlr_status;
 
@@ -33,6 +34,6 @@ pub(super) async fn report(
     if known {
         Ok(StatusCode::OK)
     } else {
-        Ok(StatusCode::NOT_FOUND)
+        Err(ApiError::UnknownMessage(report.key))
     }
 }
