@@ -26,6 +26,9 @@ pub enum ApiError {
     /// No or a wrong bearer token.
     #[error("a valid bearer token is required: Authorization: Bearer <token>")]
     Unauthorized,
+    /// A signed callback (a Kannel delivery report) whose signature does not match.
+    #[error("the signature does not match the key: use the callback URL Trellis gave the gateway")]
+    BadSignature,
     /// No or wrong Basic credentials on a webhook that takes them (inbound SMS).
     #[error("valid Basic credentials are required: the user twilio and the API token as password")]
     BasicUnauthorized,
@@ -101,7 +104,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             ApiError::InvalidField(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            ApiError::Unauthorized | ApiError::BasicUnauthorized => {
+            ApiError::Unauthorized | ApiError::BasicUnauthorized | ApiError::BadSignature => {
                 (StatusCode::UNAUTHORIZED, "unauthorized")
             }
             ApiError::UnknownCustomer(_) => (StatusCode::NOT_FOUND, "unknown_customer"),
@@ -150,13 +153,14 @@ impl IntoResponse for ApiError {
             Json(json!({ "error": code, "detail": self.to_string() })),
         )
             .into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            // Twilio sends Basic credentials only after a challenge that asks for them.
-            let challenge = if matches!(self, ApiError::BasicUnauthorized) {
-                "Basic realm=\"trellis\""
-            } else {
-                "Bearer"
-            };
+        // Twilio sends Basic credentials only after a challenge that asks for them; a
+        // signature is no credential a client could be challenged for.
+        let challenge = match self {
+            ApiError::Unauthorized => Some("Bearer"),
+            ApiError::BasicUnauthorized => Some("Basic realm=\"trellis\""),
+            _ => None,
+        };
+        if let Some(challenge) = challenge {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static(challenge),
@@ -214,6 +218,7 @@ mod tests {
             (ApiError::BodyTooLarge(10), 413, "body_too_large"),
             (ApiError::Unauthorized, 401, "unauthorized"),
             (ApiError::BasicUnauthorized, 401, "unauthorized"),
+            (ApiError::BadSignature, 401, "unauthorized"),
             (
                 ApiError::UnknownCustomer("c".into()),
                 404,

@@ -23,7 +23,7 @@ pub(super) async fn report(
     Query(report): Query<Report>,
 ) -> Result<StatusCode, ApiError> {
     if !crate::unsubscribe::verify_value(&state.unsubscribe_key, "dlr", &report.key, &report.sig) {
-        return Err(ApiError::Unauthorized);
+        return Err(ApiError::BadSignature);
     }
     let (status, meaning) = dlr_status(report.status);
     let mut tx = state.store.begin().await?;

@@ -304,6 +304,16 @@ async fn bad_paths_queries_unknown_routes_and_wrong_methods_get_json_errors() {
         "invalid_query",
         "status",
     );
+    let answer = send(
+        &app,
+        "GET",
+        "/kannel/dlr?key=abc&sig=forged&status=1",
+        &[],
+        "",
+    )
+    .await;
+    assert_error(&answer, 401, "unauthorized", "signature");
+    assert!(!answer.1.contains_key("www-authenticate"));
     let sig = trellis::unsubscribe::sign_value(&app.service.api.unsubscribe_key, "dlr", "abc");
     assert_error(
         &send(
