@@ -3,12 +3,13 @@
 use std::collections::BTreeSet;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::error::{Body, parse_json};
+use super::extract::Path;
 use super::{ApiError, AppState};
 use crate::model::{Consent, Customer, CustomerId, check_zone};
 

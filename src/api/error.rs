@@ -26,24 +26,50 @@ pub enum ApiError {
     /// No or a wrong bearer token.
     #[error("a valid bearer token is required: Authorization: Bearer <token>")]
     Unauthorized,
+    /// A signed callback (a Kannel delivery report) whose signature does not match.
+    #[error("the signature does not match the key: use the callback URL Trellis gave the gateway")]
+    BadSignature,
+    /// No or wrong Basic credentials on a webhook that takes them (inbound SMS).
+    #[error("valid Basic credentials are required: the user twilio and the API token as password")]
+    BasicUnauthorized,
     /// No such customer.
     #[error("no customer with id {0:?}")]
     UnknownCustomer(String),
     /// No such workflow.
     #[error("no workflow named {0:?}")]
     UnknownWorkflow(String),
+    /// A delivery report for a message Trellis does not know.
+    #[error("no message with key {0:?}")]
+    UnknownMessage(String),
+    /// A path segment did not decode (such as `%FF`, which is not UTF-8).
+    #[error("the path is not valid: {0}")]
+    InvalidPath(String),
+    /// The query string is missing a parameter or has a wrong one.
+    #[error("the query string is not valid: {0}")]
+    InvalidQuery(String),
+    /// No route has this path.
+    #[error("no such endpoint: {0}; GET /v1/openapi.json lists them")]
+    NotFound(String),
+    /// The route exists but not with this method.
+    #[error("method {method} is not allowed on {path}; the Allow header lists those that are")]
+    MethodNotAllowed {
+        /// The refused method.
+        method: String,
+        /// The path asked for.
+        path: String,
+    },
     /// The database cannot take this now (disk full, locked by another process, no
     /// connection in time) but will again by itself: 503 with `Retry-After`.
     #[error(
-        "the database cannot take this request now; nothing was stored — retry after {RETRY_AFTER_SECONDS} s"
+        "the database cannot take this request now (disk full or locked); nothing was stored — retry after {RETRY_AFTER_SECONDS} s"
     )]
-    Unavailable(#[source] store::Error),
+    Unavailable(store::Error),
     /// The store failed.
     #[error("internal error")]
-    Internal(#[source] store::Error),
+    Internal(store::Error),
 }
 
-/// What a 503 asks the client to wait, in seconds.
+/// What a 503 asks the client to wait, in seconds (`Retry-After`).
 pub const RETRY_AFTER_SECONDS: u32 = 2;
 
 impl From<store::Error> for ApiError {
@@ -63,9 +89,18 @@ impl ApiError {
             ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             ApiError::InvalidField(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Unauthorized | ApiError::BasicUnauthorized | ApiError::BadSignature => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
             ApiError::UnknownCustomer(_) => (StatusCode::NOT_FOUND, "unknown_customer"),
             ApiError::UnknownWorkflow(_) => (StatusCode::NOT_FOUND, "unknown_workflow"),
+            ApiError::UnknownMessage(_) => (StatusCode::NOT_FOUND, "unknown_message"),
+            ApiError::InvalidPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
+            ApiError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -103,16 +138,23 @@ impl IntoResponse for ApiError {
             Json(json!({ "error": code, "detail": self.to_string() })),
         )
             .into_response();
+        // Twilio sends Basic credentials only after a challenge that asks for them; a
+        // signature is no credential a client could be challenged for.
+        let challenge = match self {
+            ApiError::Unauthorized => Some("Bearer"),
+            ApiError::BasicUnauthorized => Some("Basic realm=\"trellis\""),
+            _ => None,
+        };
+        if let Some(challenge) = challenge {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(challenge),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(RETRY_AFTER_SECONDS),
-            );
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
             );
         }
         response
@@ -160,6 +202,8 @@ mod tests {
             (ApiError::InvalidField("x".into()), 422, "invalid_field"),
             (ApiError::BodyTooLarge(10), 413, "body_too_large"),
             (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::BasicUnauthorized, 401, "unauthorized"),
+            (ApiError::BadSignature, 401, "unauthorized"),
             (
                 ApiError::UnknownCustomer("c".into()),
                 404,
@@ -170,6 +214,18 @@ mod tests {
                 404,
                 "unknown_workflow",
             ),
+            (ApiError::UnknownMessage("k".into()), 404, "unknown_message"),
+            (ApiError::InvalidPath("x".into()), 400, "invalid_path"),
+            (ApiError::InvalidQuery("x".into()), 400, "invalid_query"),
+            (ApiError::NotFound("/x".into()), 404, "not_found"),
+            (
+                ApiError::MethodNotAllowed {
+                    method: "PUT".into(),
+                    path: "/x".into(),
+                },
+                405,
+                "method_not_allowed",
+            ),
         ];
         for (err, status, code) in table {
             assert_eq!(
@@ -177,5 +233,60 @@ mod tests {
                 (StatusCode::from_u16(status).unwrap(), code)
             );
         }
+    }
+
+    #[test]
+    fn a_busy_store_is_a_503_with_retry_after_and_other_failures_a_500() {
+        let busy = ApiError::from(store::Error::Query {
+            what: "x",
+            source: sqlx::Error::PoolTimedOut,
+        });
+        assert_eq!(
+            busy.status_and_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+        let response = busy.into_response();
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "2");
+        let broken = ApiError::from(store::Error::Query {
+            what: "x",
+            source: sqlx::Error::RowNotFound,
+        });
+        assert_eq!(
+            broken.status_and_code(),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        );
+        assert!(
+            !broken
+                .into_response()
+                .headers()
+                .contains_key(axum::http::header::RETRY_AFTER)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_locked_sqlite_database_is_unavailable() {
+        use sqlx::Connection;
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("t.db"))
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::ZERO);
+        let mut holder = SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::query("CREATE TABLE t (x)")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let mut other = SqliteConnection::connect_with(&options).await.unwrap();
+        let source = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        let err = ApiError::from(store::Error::Query { what: "x", source });
+        assert!(matches!(err, ApiError::Unavailable(_)), "{err:?}");
     }
 }

@@ -55,7 +55,11 @@ pub fn keyword(body: &str) -> Keyword {
     }
 }
 
-fn basic_password(headers: &HeaderMap) -> Option<String> {
+/// The user name in the webhook URL's credentials (`https://twilio:<token>@host/sms/inbound`).
+const WEBHOOK_USER: &str = "twilio";
+
+/// The Basic credentials of a request: `(user, password)`.
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let encoded = headers
         .get(AUTHORIZATION)?
         .to_str()
@@ -64,7 +68,18 @@ fn basic_password(headers: &HeaderMap) -> Option<String> {
     let decoded = decode_base64(encoded.trim())?;
     let text = String::from_utf8(decoded).ok()?;
     text.split_once(':')
-        .map(|(_, password)| password.to_owned())
+        .map(|(user, password)| (user.to_owned(), password.to_owned()))
+}
+
+/// Whether the request carries the webhook user and `token` as its Basic credentials; both
+/// are compared in constant time, and both always, so timing tells nothing of either.
+fn basic_auth_ok(headers: &HeaderMap, token: &str) -> bool {
+    let Some((user, password)) = basic_credentials(headers) else {
+        return false;
+    };
+    let user_ok = super::constant_time_eq(user.as_bytes(), WEBHOOK_USER.as_bytes());
+    let password_ok = super::constant_time_eq(password.as_bytes(), token.as_bytes());
+    user_ok & password_ok
 }
 
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
@@ -104,9 +119,9 @@ pub(super) async fn sms(
     Body(body): Body,
 ) -> Result<impl IntoResponse, ApiError> {
     if let Some(token) = &state.token
-        && basic_password(&headers).as_deref() != Some(token.expose())
+        && !basic_auth_ok(&headers, token.expose())
     {
-        return Err(ApiError::Unauthorized);
+        return Err(ApiError::BasicUnauthorized);
     }
     let form: Vec<(String, String)> = url_decode_form(&body);
     let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
@@ -266,7 +281,15 @@ mod tests {
     fn basic_auth_and_forms_decode() {
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, "Basic dHdpbGlvOnNlY3JldA==".parse().unwrap());
-        assert_eq!(basic_password(&headers).as_deref(), Some("secret"));
+        assert_eq!(
+            basic_credentials(&headers),
+            Some(("twilio".into(), "secret".into()))
+        );
+        assert!(basic_auth_ok(&headers, "secret"));
+        assert!(!basic_auth_ok(&headers, "secreT"));
+        // "other:secret": the right password under another user name.
+        headers.insert(AUTHORIZATION, "Basic b3RoZXI6c2VjcmV0".parse().unwrap());
+        assert!(!basic_auth_ok(&headers, "secret"));
         assert_eq!(
             url_decode_form(b"From=%2B14155550101&Body=Stop+it"),
             vec![

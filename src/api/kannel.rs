@@ -1,10 +1,11 @@
 //! `/kannel/dlr`: delivery reports from a Kannel gateway. The URL carries the message key
 //! and a signature of it, so only reports for messages Trellis sent are taken.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
+use super::extract::Query;
 use super::{ApiError, AppState};
 use crate::channels::sms_kannel::dlr_status;
 
@@ -22,7 +23,7 @@ pub(super) async fn report(
     Query(report): Query<Report>,
 ) -> Result<StatusCode, ApiError> {
     if !crate::unsubscribe::verify_value(&state.unsubscribe_key, "dlr", &report.key, &report.sig) {
-        return Err(ApiError::Unauthorized);
+        return Err(ApiError::BadSignature);
     }
     let (status, meaning) = dlr_status(report.status);
     let mut tx = state.store.begin().await?;
@@ -33,6 +34,6 @@ pub(super) async fn report(
     if known {
         Ok(StatusCode::OK)
     } else {
-        Ok(StatusCode::NOT_FOUND)
+        Err(ApiError::UnknownMessage(report.key))
     }
 }

@@ -4,9 +4,11 @@
 mod customers;
 pub mod error;
 pub mod events;
+pub mod extract;
 mod health;
 mod inbound;
 mod kannel;
+pub mod routes;
 mod unsubscribe;
 mod workflows;
 
@@ -15,9 +17,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
@@ -51,35 +53,22 @@ pub struct AppState {
     pub events: events::EventQueue,
 }
 
-/// The whole API.
+/// The whole API: the routes of [`routes::table`], the bearer token in front of those that
+/// need it, and JSON errors for unknown paths and methods.
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
-    let v1 = Router::new()
-        .route("/events", post(events::post_one))
-        .route("/events/batch", post(events::post_batch))
-        .route(
-            "/customers/{id}",
-            get(customers::get_one)
-                .put(customers::put)
-                .patch(customers::patch)
-                .delete(customers::delete),
-        )
-        .route("/bounces", post(inbound::bounce))
-        .route("/workflows", get(workflows::list))
-        .route("/workflows/{id}", get(workflows::get_one))
-        .route("/workflows/{id}/pause", post(workflows::pause))
-        .route("/workflows/{id}/resume", post(workflows::resume))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .route("/openapi.json", get(health::openapi));
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/kannel/dlr", get(kannel::report).post(kannel::report))
-        .route("/sms/inbound", post(inbound::sms))
-        .route(
-            "/unsubscribe/{token}",
-            get(unsubscribe::confirm).post(unsubscribe::unsubscribe),
-        )
-        .nest("/v1", v1)
+    let table = routes::table();
+    // The 405 of a route behind the token is behind it too: without the token, a wrong
+    // method is a 401 like a right one.
+    let token = table
+        .token
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    table
+        .open
+        .merge(token)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(
             move |mut req: Request, next: Next| async move {
                 req.extensions_mut().insert(BodyLimit(limit));
@@ -89,6 +78,19 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// No route has the path.
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(uri.path().to_owned())
+}
+
+/// The path has routes, none for the method (axum adds the `Allow` header).
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
 }
 
 /// Refuses requests without the configured bearer token.
@@ -111,6 +113,7 @@ async fn require_token(
     Ok(next.run(req).await)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets in time that depends on their lengths only, not on where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

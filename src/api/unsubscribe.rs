@@ -2,10 +2,11 @@
 //! page; `POST` unsubscribes (RFC 8058 one-click, and the page's button). Tokens are
 //! HMAC-signed, so no lookup is needed to trust them; a tampered token is refused.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Html;
 
+use super::extract::Path;
 use super::{ApiError, AppState};
 use crate::model::Channel;
 use crate::unsubscribe::verify;

@@ -1,9 +1,10 @@
 //! `/v1/workflows`: list, inspect, pause and resume.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde_json::{Value, json};
 
+use super::extract::Path;
 use super::{ApiError, AppState};
 use crate::workflow::{Trigger, Workflow};
 

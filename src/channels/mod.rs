@@ -24,8 +24,8 @@ pub enum DeliveryError {
     /// Worth retrying: a 4xx SMTP reply, a connection error, an HTTP 5xx or 429.
     #[error("temporary failure: {reason}")]
     Transient {
-        /// The provider asked to wait this long (HTTP `Retry-After`).
-        retry_after: Option<Duration>,
+        /// The provider asked to wait (HTTP `Retry-After`).
+        retry_after: Option<RetryAfter>,
         /// What happened.
         reason: String,
     },
@@ -144,8 +144,41 @@ impl Channels {
     }
 }
 
+/// How long a provider asked to wait before the next attempt (HTTP `Retry-After`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAfter {
+    /// `Retry-After: 120`: seconds from the answer.
+    Delay(Duration),
+    /// `Retry-After: Wed, 21 Oct 2026 07:28:00 GMT`: not before this moment.
+    Until(jiff::Timestamp),
+}
+
+impl RetryAfter {
+    /// Reads a `Retry-After` value: delay-seconds or an HTTP date (RFC 9110 §10.2.3);
+    /// `None` for anything else.
+    pub fn parse(value: &str) -> Option<Self> {
+        let value = value.trim();
+        if let Ok(seconds) = value.parse::<u64>() {
+            return Some(Self::Delay(Duration::from_secs(seconds)));
+        }
+        // IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") is an RFC 2822 date.
+        jiff::fmt::rfc2822::parse(value)
+            .ok()
+            .map(|zoned| Self::Until(zoned.timestamp()))
+    }
+
+    /// The wait from `now`: zero for a date already past.
+    pub fn wait_from(self, now: jiff::Timestamp) -> Duration {
+        match self {
+            Self::Delay(delay) => delay,
+            Self::Until(at) => Duration::try_from(at.duration_since(now)).unwrap_or_default(),
+        }
+    }
+}
+
 /// Maps an HTTP response status to what the dispatcher should do: 2xx is success; 429 and
-/// 5xx are worth retrying (honouring `Retry-After` in seconds); other 4xx are not.
+/// 5xx are worth retrying (honouring `Retry-After`, in seconds or as a date); other 4xx are
+/// not.
 pub fn http_outcome(
     status: u16,
     retry_after: Option<&str>,
@@ -154,9 +187,7 @@ pub fn http_outcome(
     match status {
         200..=299 => Ok(()),
         429 | 500..=599 => Err(DeliveryError::Transient {
-            retry_after: retry_after
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(Duration::from_secs),
+            retry_after: retry_after.and_then(RetryAfter::parse),
             reason: format!("{what} answered HTTP {status}"),
         }),
         _ => Err(DeliveryError::permanent(format!(
@@ -199,9 +230,25 @@ mod tests {
         assert_eq!(
             http_outcome(429, Some("120"), "x"),
             Err(DeliveryError::Transient {
-                retry_after: Some(Duration::from_secs(120)),
+                retry_after: Some(RetryAfter::Delay(Duration::from_secs(120))),
                 reason: "x answered HTTP 429".into()
             })
         );
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_or_as_an_http_date() {
+        let now: jiff::Timestamp = "2026-10-21T07:20:00Z".parse().unwrap();
+        let date = RetryAfter::parse("Wed, 21 Oct 2026 07:28:00 GMT").unwrap();
+        assert_eq!(date.wait_from(now), Duration::from_secs(480));
+        assert_eq!(
+            RetryAfter::parse(" 90 ").unwrap().wait_from(now),
+            Duration::from_secs(90)
+        );
+        let past = RetryAfter::parse("Wed, 21 Oct 2026 07:00:00 GMT").unwrap();
+        assert_eq!(past.wait_from(now), Duration::ZERO);
+        for junk in ["soon", "-5", "", "1.5"] {
+            assert_eq!(RetryAfter::parse(junk), None, "{junk:?}");
+        }
     }
 }

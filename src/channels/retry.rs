@@ -63,7 +63,7 @@ impl RetryPolicy {
             } => {
                 let delay = self
                     .delay(key, attempt)
-                    .max(retry_after.unwrap_or_default());
+                    .max(retry_after.map(|r| r.wait_from(now)).unwrap_or_default());
                 let next = now
                     .checked_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX))
                     .unwrap_or(Timestamp::MAX);
@@ -124,7 +124,7 @@ mod tests {
             reason: "451 try later".into(),
         };
         let slow_down = DeliveryError::Transient {
-            retry_after: Some(Duration::from_secs(600)),
+            retry_after: Some(super::super::RetryAfter::Delay(Duration::from_secs(600))),
             reason: "429".into(),
         };
         let permanent = DeliveryError::Permanent {

@@ -23,8 +23,17 @@ pub enum IdError {
         max: usize,
     },
     /// The string held a character outside the allowed set.
-    #[error("{kind} {value:?} may only hold letters, digits, '_', '-', '.', ':' and '@'")]
+    #[error("{kind} {value:?} may only hold letters, digits, '_', '-', '.', ':', '@' and '+'")]
     BadChar {
+        /// Which identifier was being parsed.
+        kind: &'static str,
+        /// The refused string.
+        value: String,
+    },
+    /// The string was `.` or `..`, which URLs resolve as path steps, so such an id could not
+    /// be named in a URL such as `/v1/customers/{id}`.
+    #[error("{kind} {value:?} is not allowed: '.' and '..' are path steps in a URL")]
+    DotSegment {
         /// Which identifier was being parsed.
         kind: &'static str,
         /// The refused string.
@@ -38,6 +47,12 @@ fn check(kind: &'static str, value: &str, max: usize) -> Result<(), IdError> {
     }
     if value.chars().count() > max {
         return Err(IdError::TooLong { kind, max });
+    }
+    if value == "." || value == ".." {
+        return Err(IdError::DotSegment {
+            kind,
+            value: value.to_owned(),
+        });
     }
     let allowed = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@' | '+');
     if !value.chars().all(allowed) {
@@ -179,6 +194,13 @@ mod tests {
             Err(IdError::BadChar { .. })
         ));
         assert_eq!(CustomerId::parse("cus_42").unwrap().as_str(), "cus_42");
+        for dots in [".", ".."] {
+            let err = CustomerId::parse(dots).unwrap_err();
+            assert!(matches!(err, IdError::DotSegment { .. }), "{dots}");
+            assert!(err.to_string().contains("path steps"), "{err}");
+        }
+        assert!(CustomerId::parse("...").is_ok());
+        assert!(CustomerId::parse("a.b").is_ok());
     }
 
     #[test]

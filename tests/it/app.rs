@@ -309,26 +309,54 @@ pub struct TwilioServer {
     pub received: Arc<Mutex<Vec<SmsRequest>>>,
 }
 
+/// How the Twilio-shaped server refuses its first requests.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub retry_after: Option<String>,
+}
+
 impl TwilioServer {
     pub async fn start(fail_first: usize) -> TwilioServer {
+        Self::start_refusing(
+            fail_first,
+            Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                retry_after: None,
+            },
+        )
+        .await
+    }
+
+    /// Refuses the first `fail_first` requests as `refusal` says (a 429 with `Retry-After`).
+    pub async fn start_refusing(fail_first: usize, refusal: Refusal) -> TwilioServer {
         use axum::extract::{Path, State};
         use axum::http::HeaderMap;
         use axum::routing::post;
         let received: Arc<Mutex<Vec<SmsRequest>>> = Arc::default();
-        let state = (received.clone(), Arc::new(Mutex::new(fail_first)));
-        type S = (Arc<Mutex<Vec<SmsRequest>>>, Arc<Mutex<usize>>);
+        let state = (
+            received.clone(),
+            Arc::new(Mutex::new(fail_first)),
+            Arc::new(refusal),
+        );
+        type S = (Arc<Mutex<Vec<SmsRequest>>>, Arc<Mutex<usize>>, Arc<Refusal>);
         async fn messages(
-            State((received, failures)): State<S>,
+            State((received, failures, refusal)): State<S>,
             Path(sid): Path<String>,
             headers: HeaderMap,
             body: String,
-        ) -> (StatusCode, String) {
+        ) -> (StatusCode, HeaderMap, String) {
             {
                 let mut left = failures.lock().unwrap();
                 if *left > 0 {
                     *left -= 1;
+                    let mut refused = HeaderMap::new();
+                    if let Some(after) = &refusal.retry_after {
+                        refused.insert("retry-after", after.parse().unwrap());
+                    }
                     return (
-                        StatusCode::SERVICE_UNAVAILABLE,
+                        refusal.status,
+                        refused,
                         "{\"message\":\"try later\"}".into(),
                     );
                 }
@@ -339,6 +367,7 @@ impl TwilioServer {
             if form.iter().any(|(k, v)| k == "To" && v == INVALID_NUMBER) {
                 return (
                     StatusCode::BAD_REQUEST,
+                    HeaderMap::new(),
                     "{\"code\":21211,\"message\":\"Invalid 'To' Phone Number\"}".into(),
                 );
             }
@@ -357,6 +386,7 @@ impl TwilioServer {
             });
             (
                 StatusCode::CREATED,
+                HeaderMap::new(),
                 format!("{{\"sid\":\"SM{:032}\",\"status\":\"queued\"}}", all.len()),
             )
         }

@@ -5,6 +5,7 @@ use jiff::SignedDuration;
 use serde_json::json;
 
 use crate::app::{SmtpSink, TwilioServer, build_error, spawn_app};
+use crate::helpers::at;
 
 fn ada() -> serde_json::Value {
     json!({
@@ -476,4 +477,64 @@ async fn an_smtp_server_without_a_usable_auth_mechanism_stops_serve_at_startup()
     drop(smtp);
     let down = build_error(&["--api-token", "a-token-of-sixteen+", "--smtp-url", &url]).await;
     assert_eq!(down, None, "an unreachable server may come up later");
+}
+
+/// One cart customer whose last-call SMS meets a 429 with `Retry-After: retry_after`;
+/// returns how many SMS arrived `early` and `late` after the refusal (minutes).
+async fn sms_after_a_429(
+    retry_after: impl Fn(jiff::Timestamp) -> String,
+    early: i64,
+    late: i64,
+) -> (usize, usize) {
+    let refusal_time = at("2026-03-03T15:00:00Z");
+    let twilio = TwilioServer::start_refusing(
+        1,
+        crate::app::Refusal {
+            status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+            retry_after: Some(retry_after(refusal_time)),
+        },
+    )
+    .await;
+    let app = spawn_app(&[
+        "--twilio-base-url",
+        &twilio.base,
+        "--twilio-account-sid",
+        "AC1",
+        "--twilio-auth-token",
+        "t",
+    ])
+    .await;
+    app.call("PUT", "/v1/customers/ada", Some(ada())).await;
+    app.call("POST", "/v1/events", Some(json!({"customer_id": "ada", "name": "cart_updated", "properties": {"total": 5, "items": []}}))).await;
+    app.settle().await;
+    app.advance(SignedDuration::from_hours(1));
+    app.settle().await; // the reminder email
+    app.advance(SignedDuration::from_hours(23));
+    assert_eq!(app.now(), refusal_time);
+    let (_, first) = app.settle().await;
+    assert_eq!(first.retried, 1, "the 429 is retried: {first:?}");
+    app.advance(SignedDuration::from_mins(early));
+    app.settle().await;
+    let before = twilio.received.lock().unwrap().len();
+    app.advance(SignedDuration::from_mins(late - early));
+    app.settle().await;
+    let after = twilio.received.lock().unwrap().len();
+    (before, after)
+}
+
+#[tokio::test]
+async fn an_sms_429_waits_at_least_its_retry_after_in_seconds() {
+    // The backoff alone would retry after about 30 s; the provider asked for 10 minutes.
+    let (early, late) = sms_after_a_429(|_| "600".into(), 9, 11).await;
+    assert_eq!((early, late), (0, 1));
+}
+
+#[tokio::test]
+async fn an_sms_429_waits_at_least_its_retry_after_as_an_http_date() {
+    let date = |now: jiff::Timestamp| {
+        let until = now.checked_add(SignedDuration::from_mins(15)).unwrap();
+        until.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string()
+    };
+    let (early, late) = sms_after_a_429(date, 14, 16).await;
+    assert_eq!((early, late), (0, 1));
 }
