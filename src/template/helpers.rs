@@ -23,6 +23,19 @@ fn fail(message: String) -> handlebars::RenderError {
     RenderErrorReason::Other(message).into()
 }
 
+/// Writes a helper's output through the registry's escape function, as handlebars does for
+/// a plain `{{value}}`: escaped for HTML in the `html` registry, literal in the `plain` one,
+/// and never escaped twice (handlebars disables escaping for subexpressions, whose value is
+/// escaped where it is finally written).
+fn write(text: &str, r: &Handlebars, rc: &RenderContext, out: &mut dyn Output) -> HelperResult {
+    if rc.is_disable_escape() {
+        out.write(text)?;
+    } else {
+        out.write(&r.get_escape_fn()(text))?;
+    }
+    Ok(())
+}
+
 /// The customer's locale language (`de` of `de-AT`), `en` when unset.
 fn language(ctx: &Context) -> String {
     ctx.data()
@@ -97,9 +110,9 @@ const MONTHS_ES: [&str; 12] = [
 /// `short` is numeric in the locale's order; anything else is a strftime pattern.
 fn date(
     h: &Helper,
-    _: &Handlebars,
+    r: &Handlebars,
     ctx: &Context,
-    _: &mut RenderContext,
+    rc: &mut RenderContext,
     out: &mut dyn Output,
 ) -> HelperResult {
     let value = h
@@ -146,17 +159,16 @@ fn date(
         }
         pattern => date.strftime(pattern).to_string(),
     };
-    out.write(&text)?;
-    Ok(())
+    write(&text, r, rc, out)
 }
 
 /// `{{money amount currency="EUR"}}`: two decimals (none for JPY), the symbol placed and the
 /// decimal mark chosen by the customer's language. Default currency: USD.
 fn money(
     h: &Helper,
-    _: &Handlebars,
+    r: &Handlebars,
     ctx: &Context,
-    _: &mut RenderContext,
+    rc: &mut RenderContext,
     out: &mut dyn Output,
 ) -> HelperResult {
     let value = h
@@ -173,8 +185,7 @@ fn money(
         .and_then(|c| c.value().as_str())
         .unwrap_or("USD")
         .to_ascii_uppercase();
-    out.write(&format_money(amount, &currency, &language(ctx)))?;
-    Ok(())
+    write(&format_money(amount, &currency, &language(ctx)), r, rc, out)
 }
 
 /// Formats an amount for a language: `$1,234.50` in English, `1.234,50 €` in German.
@@ -221,9 +232,9 @@ pub fn format_money(amount: f64, currency: &str, lang: &str) -> String {
 /// A missing value is not an error here, even in strict mode: that is the helper's purpose.
 fn default(
     h: &Helper,
-    _: &Handlebars,
+    r: &Handlebars,
     _: &Context,
-    _: &mut RenderContext,
+    rc: &mut RenderContext,
     out: &mut dyn Output,
 ) -> HelperResult {
     let fallback = h.param(1).ok_or_else(|| {
@@ -238,10 +249,9 @@ fn default(
         .filter(|v| !matches!(v, Value::Null) && v.as_str() != Some(""))
         .unwrap_or(fallback.value());
     match chosen {
-        Value::String(s) => out.write(s)?,
-        other => out.write(&other.to_string())?,
+        Value::String(s) => write(s, r, rc, out),
+        other => write(&other.to_string(), r, rc, out),
     }
-    Ok(())
 }
 
 #[cfg(test)]

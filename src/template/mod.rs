@@ -8,6 +8,8 @@
 mod check;
 mod context;
 pub mod helpers;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -112,7 +114,8 @@ impl Templates {
             dir: dir.to_owned(),
         };
         let mut problems = Vec::new();
-        let mut sources: Vec<(PathBuf, String)> = Vec::new(); // (file, text) to scan
+        // (file, text, whether its output can reach HTML) to scan
+        let mut sources: Vec<(PathBuf, String, bool)> = Vec::new();
 
         let folders = match std::fs::read_dir(dir) {
             Ok(entries) => {
@@ -165,7 +168,7 @@ impl Templates {
                 .register_partial(name, text.as_str())
                 .and_then(|()| set.plain.register_partial(name, text.as_str()));
             match compiled {
-                Ok(()) => sources.push((file.clone(), text.clone())),
+                Ok(()) => sources.push((file.clone(), text.clone(), true)),
                 Err(err) => problems.push(check::compile_problem(file, &err)),
             }
         }
@@ -220,7 +223,7 @@ impl Templates {
                     &mut set.plain
                 };
                 match target.register_template_string(&name, &text) {
-                    Ok(()) => sources.push((file, text)),
+                    Ok(()) => sources.push((file, text, part == "html")),
                     Err(err) => {
                         problems.push(check::compile_problem(&file, &err));
                         ok = false;
@@ -234,8 +237,8 @@ impl Templates {
             }
         }
 
-        for (file, text) in &sources {
-            check::scan(file, text, &partials, &mut problems);
+        for (file, text, html) in &sources {
+            check::scan(file, text, *html, &partials, &mut problems);
         }
         problems.sort();
         problems.dedup();
