@@ -4,7 +4,8 @@
 //! files, configuration or the clock.
 
 use handlebars::{
-    Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
+    Context, Handlebars, Helper, HelperResult, Output, PathAndJson, RenderContext,
+    RenderErrorReason,
 };
 use jiff::Timestamp;
 use serde_json::Value;
@@ -21,6 +22,20 @@ pub fn register(registry: &mut Handlebars<'_>) {
 
 fn fail(message: String) -> handlebars::RenderError {
     RenderErrorReason::Other(message).into()
+}
+
+/// A parameter as an error message shows it: the variable's path and its value, such as
+/// `customer.attributes.birthday (null)`, or just the value of a literal.
+fn describe(param: &PathAndJson) -> String {
+    let value = if param.is_value_missing() {
+        "missing".to_owned()
+    } else {
+        param.value().to_string()
+    };
+    match param.relative_path() {
+        Some(path) => format!("{path} ({value})"),
+        None => value,
+    }
 }
 
 /// Writes a helper's output through the registry's escape function, as handlebars does for
@@ -131,7 +146,12 @@ fn date(
         .and_then(|s| s.parse::<Timestamp>().ok())
         .map(|ts| ts.to_zoned(tz.clone()).date())
         .or_else(|| parse_date(raw, &tz))
-        .ok_or_else(|| fail(format!("date cannot read {raw} as a date or timestamp")))?;
+        .ok_or_else(|| {
+            fail(format!(
+                "date cannot read {} as a date or timestamp",
+                describe(value)
+            ))
+        })?;
     let format = h
         .hash_get("format")
         .and_then(|f| f.value().as_str())
@@ -157,7 +177,12 @@ fn date(
                 _ => date.strftime("%d/%m/%Y").to_string(),
             }
         }
-        pattern => date.strftime(pattern).to_string(),
+        pattern => jiff::fmt::strtime::format(pattern, date).map_err(|err| {
+            fail(format!(
+                "date cannot format {} with {pattern:?}: {err}",
+                describe(value)
+            ))
+        })?,
     };
     write(&text, r, rc, out)
 }
@@ -179,7 +204,12 @@ fn money(
         Value::String(s) => s.parse::<f64>().ok(),
         _ => None,
     }
-    .ok_or_else(|| fail(format!("money cannot read {} as an amount", value.value())))?;
+    .ok_or_else(|| {
+        fail(format!(
+            "money cannot read {} as an amount",
+            describe(value)
+        ))
+    })?;
     let currency = h
         .hash_get("currency")
         .and_then(|c| c.value().as_str())

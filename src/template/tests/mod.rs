@@ -1,6 +1,7 @@
 //! Rendering tests: escaping of customer data in HTML (whatever path it takes), literal
 //! text elsewhere, and render errors that say where and what.
 
+mod errors;
 mod escaping;
 
 use std::path::Path;
