@@ -121,4 +121,19 @@ mod tests {
         assert_eq!(problem.line, 7, "{problem}");
         assert!(problem.message.contains("colour"), "{problem}");
     }
+
+    #[test]
+    fn edges_keep_their_own_line() {
+        let text = "id: e\nname: E\ntrigger: { event: { name: signup } }\nstart: a\nnodes:\n  a:\n    wait:\n      duration: 1d\n\n      next: b\n  b:\n    branch:\n      cases:\n        - when: { has_tag: x }\n          next: a\n      else: b\n";
+        let wf = parse(Path::new("w.yaml"), text).unwrap();
+        let lines = |id: &str| -> Vec<u32> {
+            wf.nodes[&crate::model::NodeId::parse(id).unwrap()]
+                .located_edges()
+                .iter()
+                .map(|e| e.line)
+                .collect()
+        };
+        assert_eq!(lines("a"), [10]);
+        assert_eq!(lines("b"), [15, 16]);
+    }
 }

@@ -125,12 +125,18 @@ pub fn validate(wf: &Workflow, templates: &Templates) -> Vec<Problem> {
     };
 
     for (id, node) in &wf.nodes {
-        let mut notes = Vec::new();
-        for edge in node.edges() {
-            if !wf.nodes.contains_key(edge) {
-                notes.push(format!("edge to missing node {:?}", edge.as_str()));
+        // An edge's problem is at the edge's own line, such as its `next:`.
+        for edge in node.located_edges() {
+            if !wf.nodes.contains_key(&edge.value) {
+                let line = if edge.line > 0 { edge.line } else { node.line };
+                at_node(
+                    id,
+                    line,
+                    format!("edge to missing node {:?}", edge.as_str()),
+                );
             }
         }
+        let mut notes = Vec::new();
         check_node(&node.value, templates, &mut notes);
         for note in notes {
             at_node(id, node.line, note);

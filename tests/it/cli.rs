@@ -42,8 +42,8 @@ fn validate_reports_every_problem_in_the_broken_fixtures_with_file_line_and_node
     tests/fixtures/broken/templates/unknown_var/text.hbs:2: partial "missing_partial" not found in templates/partials/
     tests/fixtures/broken/workflows/graph.yaml:9: node greet: template "missing_template" not found (or has problems) in tests/fixtures/broken/templates
     tests/fixtures/broken/workflows/graph.yaml:13: node ab: split weights plus holdout sum to 80, not 100 (weights are percentages)
-    tests/fixtures/broken/workflows/graph.yaml:18: node text_as_email: edge to missing node "nowhere"
     tests/fixtures/broken/workflows/graph.yaml:18: node text_as_email: template "texts" cannot render email: it needs subject.hbs, html.hbs and text.hbs
+    tests/fixtures/broken/workflows/graph.yaml:20: node text_as_email: edge to missing node "nowhere"
     tests/fixtures/broken/workflows/graph.yaml:22: node spin: comparison on "plan" needs one operator (eq, ne, gt, gte, lt, lte, in, contains, exists)
     tests/fixtures/broken/workflows/graph.yaml:22: node spin: loop without a wait: spin -> tag -> spin
     tests/fixtures/broken/workflows/graph.yaml:22: node spin: path never ends: no exit can be reached from here
