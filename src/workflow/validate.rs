@@ -55,7 +55,7 @@ pub fn check_paths(workflow_paths: &[&Path], template_dir: &Path) -> Checked {
         } else {
             match super::load_file(path) {
                 Ok(wf) => workflows.push(wf),
-                Err(problem) => problems.push(problem),
+                Err(found) => problems.extend(found),
             }
         }
     }
