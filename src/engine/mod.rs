@@ -444,14 +444,14 @@ impl Run<'_> {
             && condition::matches_filter(event, &wait.filter)
         {
             self.enrollment.matched_event = Some(event.clone());
-            self.advance(wait.on_event.clone());
+            self.advance(wait.on_event.value.clone());
         }
     }
 
     fn on_wake(&mut self, at: &NodeId) {
         match self.workflow.node(at) {
-            Some(Node::Wait(wait)) => self.advance(wait.next.clone()),
-            Some(Node::WaitForEvent(wait)) => self.advance(wait.on_timeout.clone()),
+            Some(Node::Wait(wait)) => self.advance(wait.next.value.clone()),
+            Some(Node::WaitForEvent(wait)) => self.advance(wait.on_timeout.value.clone()),
             // A held send: enter it again as the same visit, so it keeps its key.
             Some(Node::SendEmail(_) | Node::SendSms(_)) => self.resume(at.clone()),
             Some(other) => self.finish(ExitReason::Broken(format!(

@@ -1,6 +1,6 @@
 //! Static checks of template files: compile errors with their line, variables the render
-//! context can never provide, unknown or dynamic partials, and partial cycles (handlebars
-//! would overflow the stack on one at render time).
+//! context can never provide, unknown or dynamic partials, partial cycles (handlebars
+//! would overflow the stack on one at render time), and unescaped output in HTML.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -129,10 +129,13 @@ pub(super) fn partial_cycles(
     cyclic
 }
 
-/// Checks one template file's variables and partial references.
+/// Checks one template file's variables and partial references. `html` is set for files
+/// whose output can reach an HTML part (`html.hbs` and partials): there, triple-stash
+/// `{{{ }}}` and `{{& }}` are refused, since customer data would become markup.
 pub(super) fn scan(
     file: &Path,
     text: &str,
+    html: bool,
     partials: &BTreeMap<String, (PathBuf, String)>,
     problems: &mut Vec<Problem>,
 ) {
@@ -157,6 +160,48 @@ pub(super) fn scan(
         }
     }
     walk(&template, file, problems);
+    if html {
+        unescaped(&template, file, problems);
+    }
+}
+
+/// Reports every triple-stash in a template, nested blocks included.
+fn unescaped(template: &Template, file: &Path, problems: &mut Vec<Problem>) {
+    for (i, element) in template.elements.iter().enumerate() {
+        match element {
+            TemplateElement::HtmlExpression(h) => {
+                let name = match &h.name {
+                    Parameter::Name(n) => n.clone(),
+                    Parameter::Path(p) => raw_path(p).to_owned(),
+                    _ => "...".to_owned(),
+                };
+                let args = if h.params.is_empty() && h.hash.is_empty() {
+                    ""
+                } else {
+                    " ..."
+                };
+                problems.push(Problem::at(
+                    file,
+                    line_of(template, i),
+                    format!(
+                        "{{{{{{{name}{args}}}}}}} is not escaped: write {{{{{name}{args}}}}} \
+                         (HTML output must escape every value)"
+                    ),
+                ));
+            }
+            TemplateElement::HelperBlock(h) => {
+                for inner in h.template.iter().chain(h.inverse.iter()) {
+                    unescaped(inner, file, problems);
+                }
+            }
+            TemplateElement::PartialBlock(d) | TemplateElement::DecoratorBlock(d) => {
+                if let Some(inner) = &d.template {
+                    unescaped(inner, file, problems);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn walk(template: &Template, file: &Path, problems: &mut Vec<Problem>) {

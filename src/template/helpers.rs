@@ -4,7 +4,8 @@
 //! files, configuration or the clock.
 
 use handlebars::{
-    Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
+    Context, Handlebars, Helper, HelperResult, Output, PathAndJson, RenderContext,
+    RenderErrorReason,
 };
 use jiff::Timestamp;
 use serde_json::Value;
@@ -21,6 +22,33 @@ pub fn register(registry: &mut Handlebars<'_>) {
 
 fn fail(message: String) -> handlebars::RenderError {
     RenderErrorReason::Other(message).into()
+}
+
+/// A parameter as an error message shows it: the variable's path and its value, such as
+/// `customer.attributes.birthday (null)`, or just the value of a literal.
+fn describe(param: &PathAndJson) -> String {
+    let value = if param.is_value_missing() {
+        "missing".to_owned()
+    } else {
+        param.value().to_string()
+    };
+    match param.relative_path() {
+        Some(path) => format!("{path} ({value})"),
+        None => value,
+    }
+}
+
+/// Writes a helper's output through the registry's escape function, as handlebars does for
+/// a plain `{{value}}`: escaped for HTML in the `html` registry, literal in the `plain` one,
+/// and never escaped twice (handlebars disables escaping for subexpressions, whose value is
+/// escaped where it is finally written).
+fn write(text: &str, r: &Handlebars, rc: &RenderContext, out: &mut dyn Output) -> HelperResult {
+    if rc.is_disable_escape() {
+        out.write(text)?;
+    } else {
+        out.write(&r.get_escape_fn()(text))?;
+    }
+    Ok(())
 }
 
 /// The customer's locale language (`de` of `de-AT`), `en` when unset.
@@ -97,9 +125,9 @@ const MONTHS_ES: [&str; 12] = [
 /// `short` is numeric in the locale's order; anything else is a strftime pattern.
 fn date(
     h: &Helper,
-    _: &Handlebars,
+    r: &Handlebars,
     ctx: &Context,
-    _: &mut RenderContext,
+    rc: &mut RenderContext,
     out: &mut dyn Output,
 ) -> HelperResult {
     let value = h
@@ -118,7 +146,12 @@ fn date(
         .and_then(|s| s.parse::<Timestamp>().ok())
         .map(|ts| ts.to_zoned(tz.clone()).date())
         .or_else(|| parse_date(raw, &tz))
-        .ok_or_else(|| fail(format!("date cannot read {raw} as a date or timestamp")))?;
+        .ok_or_else(|| {
+            fail(format!(
+                "date cannot read {} as a date or timestamp",
+                describe(value)
+            ))
+        })?;
     let format = h
         .hash_get("format")
         .and_then(|f| f.value().as_str())
@@ -144,19 +177,23 @@ fn date(
                 _ => date.strftime("%d/%m/%Y").to_string(),
             }
         }
-        pattern => date.strftime(pattern).to_string(),
+        pattern => jiff::fmt::strtime::format(pattern, date).map_err(|err| {
+            fail(format!(
+                "date cannot format {} with {pattern:?}: {err}",
+                describe(value)
+            ))
+        })?,
     };
-    out.write(&text)?;
-    Ok(())
+    write(&text, r, rc, out)
 }
 
 /// `{{money amount currency="EUR"}}`: two decimals (none for JPY), the symbol placed and the
 /// decimal mark chosen by the customer's language. Default currency: USD.
 fn money(
     h: &Helper,
-    _: &Handlebars,
+    r: &Handlebars,
     ctx: &Context,
-    _: &mut RenderContext,
+    rc: &mut RenderContext,
     out: &mut dyn Output,
 ) -> HelperResult {
     let value = h
@@ -167,14 +204,18 @@ fn money(
         Value::String(s) => s.parse::<f64>().ok(),
         _ => None,
     }
-    .ok_or_else(|| fail(format!("money cannot read {} as an amount", value.value())))?;
+    .ok_or_else(|| {
+        fail(format!(
+            "money cannot read {} as an amount",
+            describe(value)
+        ))
+    })?;
     let currency = h
         .hash_get("currency")
         .and_then(|c| c.value().as_str())
         .unwrap_or("USD")
         .to_ascii_uppercase();
-    out.write(&format_money(amount, &currency, &language(ctx)))?;
-    Ok(())
+    write(&format_money(amount, &currency, &language(ctx)), r, rc, out)
 }
 
 /// Formats an amount for a language: `$1,234.50` in English, `1.234,50 €` in German.
@@ -221,9 +262,9 @@ pub fn format_money(amount: f64, currency: &str, lang: &str) -> String {
 /// A missing value is not an error here, even in strict mode: that is the helper's purpose.
 fn default(
     h: &Helper,
-    _: &Handlebars,
+    r: &Handlebars,
     _: &Context,
-    _: &mut RenderContext,
+    rc: &mut RenderContext,
     out: &mut dyn Output,
 ) -> HelperResult {
     let fallback = h.param(1).ok_or_else(|| {
@@ -238,10 +279,9 @@ fn default(
         .filter(|v| !matches!(v, Value::Null) && v.as_str() != Some(""))
         .unwrap_or(fallback.value());
     match chosen {
-        Value::String(s) => out.write(s)?,
-        other => out.write(&other.to_string())?,
+        Value::String(s) => write(s, r, rc, out),
+        other => write(&other.to_string(), r, rc, out),
     }
-    Ok(())
 }
 
 #[cfg(test)]

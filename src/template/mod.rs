@@ -8,6 +8,8 @@
 mod check;
 mod context;
 pub mod helpers;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,14 +59,50 @@ pub enum RenderError {
         kind: &'static str,
     },
     /// Handlebars failed, for example on a missing variable in strict mode.
-    #[error("rendering {name}: {source}")]
+    #[error("rendering {file}{}: {message}{}", at(*line, *column), included(included_from))]
     Handlebars {
-        /// The template file.
-        name: String,
+        /// The template file the error is in: a partial's own file when it is in one, or
+        /// `inline template` for a webhook string.
+        file: String,
+        /// The 1-based line in `file`, when known.
+        line: Option<usize>,
+        /// The 1-based column in `file`, when known.
+        column: Option<usize>,
+        /// What went wrong, naming the variable or expression.
+        message: String,
+        /// The template being rendered, when the error is in a partial it includes.
+        included_from: Option<String>,
         /// The cause.
         #[source]
         source: Box<handlebars::RenderError>,
     },
+}
+
+fn at(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(line), Some(column)) => format!(":{line}:{column}"),
+        (Some(line), None) => format!(":{line}"),
+        _ => String::new(),
+    }
+}
+
+fn included(from: &Option<String>) -> String {
+    from.as_ref()
+        .map(|f| format!(" (included from {f})"))
+        .unwrap_or_default()
+}
+
+/// Handlebars' reason, reworded to name the variable, partial or helper.
+fn reason(err: &handlebars::RenderError) -> String {
+    use handlebars::RenderErrorReason as R;
+    match err.reason() {
+        R::MissingVariable(Some(path)) => format!("variable {path} is missing"),
+        R::MissingVariable(None) => "a variable is missing".into(),
+        R::PartialNotFound(name) => format!("partial {name:?} not found"),
+        R::HelperNotFound(name) => format!("helper or variable {name:?} not found"),
+        R::Other(message) => message.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Every template under one folder, compiled and checked.
@@ -112,7 +150,8 @@ impl Templates {
             dir: dir.to_owned(),
         };
         let mut problems = Vec::new();
-        let mut sources: Vec<(PathBuf, String)> = Vec::new(); // (file, text) to scan
+        // (file, text, whether its output can reach HTML) to scan
+        let mut sources: Vec<(PathBuf, String, bool)> = Vec::new();
 
         let folders = match std::fs::read_dir(dir) {
             Ok(entries) => {
@@ -165,7 +204,7 @@ impl Templates {
                 .register_partial(name, text.as_str())
                 .and_then(|()| set.plain.register_partial(name, text.as_str()));
             match compiled {
-                Ok(()) => sources.push((file.clone(), text.clone())),
+                Ok(()) => sources.push((file.clone(), text.clone(), true)),
                 Err(err) => problems.push(check::compile_problem(file, &err)),
             }
         }
@@ -220,7 +259,7 @@ impl Templates {
                     &mut set.plain
                 };
                 match target.register_template_string(&name, &text) {
-                    Ok(()) => sources.push((file, text)),
+                    Ok(()) => sources.push((file, text, part == "html")),
                     Err(err) => {
                         problems.push(check::compile_problem(&file, &err));
                         ok = false;
@@ -234,12 +273,40 @@ impl Templates {
             }
         }
 
-        for (file, text) in &sources {
-            check::scan(file, text, &partials, &mut problems);
+        for (file, text, html) in &sources {
+            check::scan(file, text, *html, &partials, &mut problems);
         }
         problems.sort();
         problems.dedup();
         (set, problems)
+    }
+
+    /// The file of a registered template name: `welcome/html` or a partial's `greeting`.
+    fn file_of(&self, name: &str) -> String {
+        let file = if name.contains('/') {
+            self.dir.join(format!("{name}.hbs"))
+        } else {
+            self.dir.join(PARTIALS_DIR).join(format!("{name}.hbs"))
+        };
+        file.display().to_string()
+    }
+
+    /// A render error located in its file, from rendering the template named `root`
+    /// (`None` for an inline template).
+    fn located(&self, root: Option<&str>, source: handlebars::RenderError) -> RenderError {
+        let root_file = root.map_or_else(|| "inline template".to_owned(), |r| self.file_of(r));
+        let file = match (&source.template_name, root) {
+            (Some(name), Some(_)) => self.file_of(name),
+            _ => root_file.clone(),
+        };
+        RenderError::Handlebars {
+            included_from: (file != root_file).then_some(root_file),
+            file,
+            line: source.line_no,
+            column: source.column_no,
+            message: reason(&source),
+            source: Box::new(source),
+        }
     }
 
     /// The folder the templates came from.
@@ -264,12 +331,9 @@ impl Templates {
             });
         }
         let render = |hb: &Handlebars<'static>, part: &str| {
-            let file = format!("{name}/{part}");
-            hb.render(&file, context)
-                .map_err(|source| RenderError::Handlebars {
-                    name: format!("{file}.hbs"),
-                    source: Box::new(source),
-                })
+            let template = format!("{name}/{part}");
+            hb.render(&template, context)
+                .map_err(|source| self.located(Some(&template), source))
         };
         Ok(RenderedEmail {
             // A subject is one header line; a newline from a variable must not fold it.
@@ -293,14 +357,11 @@ impl Templates {
                 kind: "sms",
             });
         }
-        let file = format!("{name}/sms");
+        let template = format!("{name}/sms");
         self.plain
-            .render(&file, context)
+            .render(&template, context)
             .map(|s| s.trim().to_owned())
-            .map_err(|source| RenderError::Handlebars {
-                name: format!("{file}.hbs"),
-                source: Box::new(source),
-            })
+            .map_err(|source| self.located(Some(&template), source))
     }
 
     /// Renders an inline template string without escaping (webhook URLs, headers, bodies).
@@ -310,10 +371,7 @@ impl Templates {
     pub fn render_inline(&self, template: &str, context: &Value) -> Result<String, RenderError> {
         self.plain
             .render_template(template, context)
-            .map_err(|source| RenderError::Handlebars {
-                name: "inline".into(),
-                source: Box::new(source),
-            })
+            .map_err(|source| self.located(None, source))
     }
 
     /// Renders every string inside a JSON value (webhook bodies).

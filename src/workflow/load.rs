@@ -1,28 +1,131 @@
 //! Reading workflow files: strict YAML into typed structs, with located errors.
+//!
+//! A file that does not parse whole is read again part by part (each top-level key, and
+//! each node under `nodes:`, on its own), so every format error in it is reported in one
+//! run, each with its line and the node or key it is in.
 
 use std::path::{Path, PathBuf};
 
-use super::{Problem, Source, Workflow};
+use serde_saphyr::{Error, Options};
+
+use super::outline::{self, Entry};
+use super::{Located, Node, Problem, Source, Workflow};
+use crate::model::NodeId;
+
+fn options() -> Options {
+    serde_saphyr::options! { with_snippet: false }
+}
+
+/// Deserialises `text` as a `T` with the loader's options.
+fn read<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, Error> {
+    serde_saphyr::from_str_with_options(text, options())
+}
 
 /// Parses one workflow from its text. `path` is used for messages and kept in [`Source`].
 ///
 /// # Errors
-/// The YAML or type error, located at its line.
-pub fn parse(path: &Path, text: &str) -> Result<Workflow, Problem> {
-    let options = serde_saphyr::options! { with_snippet: false };
-    let mut workflow: Workflow =
-        serde_saphyr::from_str_with_options(text, options).map_err(|err| {
-            let line = err
-                .location()
-                .map(|l| u32::try_from(l.line()).unwrap_or(u32::MAX))
-                .unwrap_or(0);
-            Problem::at(path, line, clean_message(&err.to_string()))
-        })?;
+/// Every YAML or type error found, each located at its line and, when it is in one, named
+/// by its node (`node remind`) or top-level key (`trigger`).
+pub fn parse(path: &Path, text: &str) -> Result<Workflow, Vec<Problem>> {
+    let mut workflow: Workflow = read(text).map_err(|err| recover(path, text, &err))?;
     workflow.source = Source {
         path: path.to_owned(),
         version: crate::engine::hash::hex_digest(&[text], 16),
     };
     Ok(workflow)
+}
+
+/// A serde-saphyr error as a problem at its line.
+fn problem(path: &Path, err: &Error) -> Problem {
+    let line = err
+        .location()
+        .map(|l| u32::try_from(l.line()).unwrap_or(u32::MAX))
+        .unwrap_or(0);
+    Problem::at(path, line, clean_message(&err.to_string()))
+}
+
+/// Every problem of a file that did not parse whole, `whole` being the first error. Parts
+/// are cut out with their lines kept and deserialised one by one; when every part is well
+/// formed on its own (a missing key, a duplicate key, an alias across parts), the whole
+/// file's error is reported, attributed to the part its line falls in.
+fn recover(path: &Path, text: &str, whole: &Error) -> Vec<Problem> {
+    let first = problem(path, whole);
+    let Some(outline) = outline::outline(text) else {
+        return vec![first]; // Not YAML, or not a mapping: nothing to recover.
+    };
+    let top = outline.entries;
+    if outline.aliases {
+        return vec![attribute(first, &top)]; // Parts that refer to each other.
+    }
+    let mut problems = Vec::new();
+    for entry in &top {
+        match (entry.key.as_str(), &entry.entries) {
+            ("nodes", Some(nodes)) => {
+                for node in nodes {
+                    problems.extend(node_problem(path, text, node));
+                }
+            }
+            _ => problems.extend(key_problem(path, text, entry)),
+        }
+    }
+    if problems.is_empty() {
+        problems.push(match whole.without_snippet() {
+            // Located at wherever the parser stood; it concerns the file as a whole.
+            Error::SerdeMissingField { .. } => Problem { line: 0, ..first },
+            _ => attribute(first, &top),
+        });
+    }
+    problems
+}
+
+/// The problem of one entry under `nodes:`, if its id or its value is malformed.
+fn node_problem(path: &Path, text: &str, node: &Entry) -> Option<Problem> {
+    let place = format!("node {}", node.key);
+    let id = outline::excerpt(text, node.key_span.clone());
+    if let Err(err) = read::<NodeId>(&id) {
+        let mut found = problem(path, &err).in_place(place);
+        if found.line == 0 {
+            found.line = node.line;
+        }
+        return Some(found);
+    }
+    let value = outline::excerpt(text, node.value_span.clone());
+    read::<Located<Node>>(&value)
+        .err()
+        .map(|err| problem(path, &err).in_place(place))
+}
+
+/// The problem of one top-level `key: value`, read as a workflow of that key alone: an
+/// unknown key or a malformed value fails there, and the keys it lacks are ignored.
+fn key_problem(path: &Path, text: &str, entry: &Entry) -> Option<Problem> {
+    let alone = outline::excerpt(text, entry.key_span.start..entry.value_span.end);
+    match read::<Workflow>(&alone) {
+        Ok(_) => None,
+        Err(err) => match err.without_snippet() {
+            Error::SerdeMissingField { .. } => None,
+            Error::SerdeUnknownField { field, .. } if *field == entry.key => {
+                Some(problem(path, &err))
+            }
+            _ => Some(problem(path, &err).in_place(entry.key.clone())),
+        },
+    }
+}
+
+/// The whole file's problem, named by the node or top-level key its line falls in.
+fn attribute(problem: Problem, top: &[Entry]) -> Problem {
+    let within = |e: &Entry| (e.line..=e.last_line).contains(&problem.line);
+    let Some(entry) = top.iter().find(|e| within(e)) else {
+        return problem;
+    };
+    let node = match (entry.key.as_str(), &entry.entries) {
+        ("nodes", Some(nodes)) => nodes.iter().find(|n| within(n)),
+        _ => None,
+    };
+    match node {
+        Some(node) => problem.in_place(format!("node {}", node.key)),
+        None if entry.key == "nodes" => problem,
+        None => problem.in_place(entry.key.clone()),
+    }
 }
 
 /// serde-saphyr appends " at line N column M" to its messages; the line already leads
@@ -39,10 +142,11 @@ pub(crate) fn clean_message(message: &str) -> String {
 /// Reads and parses one workflow file.
 ///
 /// # Errors
-/// A problem naming the file when it cannot be read or parsed.
-pub fn load_file(path: &Path) -> Result<Workflow, Problem> {
+/// Problems naming the file when it cannot be read, or every problem when it cannot be
+/// parsed (see [`parse`]).
+pub fn load_file(path: &Path) -> Result<Workflow, Vec<Problem>> {
     let text = std::fs::read_to_string(path)
-        .map_err(|err| Problem::at(path, 0, format!("cannot read file: {err}")))?;
+        .map_err(|err| vec![Problem::at(path, 0, format!("cannot read file: {err}"))])?;
     parse(path, &text)
 }
 
@@ -91,7 +195,7 @@ pub fn load_dir(dir: &Path) -> (Vec<Workflow>, Vec<Problem>) {
                     workflows.push(wf);
                 }
             }
-            Err(problem) => problems.push(problem),
+            Err(found) => problems.extend(found),
         }
     }
     (workflows, problems)
@@ -117,8 +221,85 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused_with_their_line() {
         let text = MINIMAL.replace("start: done", "start: done\ncolour: blue");
-        let problem = parse(Path::new("w.yaml"), &text).unwrap_err();
-        assert_eq!(problem.line, 7, "{problem}");
-        assert!(problem.message.contains("colour"), "{problem}");
+        let problems = parse(Path::new("w.yaml"), &text).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].line, 7, "{}", problems[0]);
+        assert!(problems[0].message.contains("colour"), "{}", problems[0]);
+    }
+
+    fn shown(text: &str) -> Vec<String> {
+        parse(Path::new("w.yaml"), text)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_format_error_is_reported_with_its_line_and_node() {
+        let text = "id: many\nname: [not, a, string]\ntrigger:\n  event:\n    name: signup\nstart: a\nnodes:\n  a:\n    send_email:\n      template: t\n      colour: blue\n      next: b\n  b:\n    wait:\n      duration: 3 days\n      next: c\n  c: { exit: 1 }\n  d: exit\n";
+        assert_eq!(
+            shown(text),
+            [
+                "w.yaml:2: name: expected string scalar",
+                "w.yaml:11: node a: unknown field `colour`, expected one of template, from, reply_to, next",
+                "w.yaml:15: node b: invalid duration \"3 days\": write a number and a unit (s, m, h, d, w), such as \"90m\", \"2d\" or \"1h30m\"",
+                "w.yaml:17: node c: unexpected value for unit enum variant",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_top_level_key_and_a_bad_node_are_both_reported() {
+        let text = MINIMAL
+            .replace("start: done", "start: done\ncolour: blue\nentry: sometimes")
+            .replace("done: exit", "done: exit\n  bad id: exit");
+        assert_eq!(
+            shown(&text),
+            [
+                "w.yaml:7: unknown field `colour`, expected one of id, name, description, category, trigger, entry, goal, quiet_hours, start, nodes",
+                "w.yaml:8: entry: unknown variant `sometimes`, expected one of once, every_time, cooldown",
+                "w.yaml:11: node bad id: node id \"bad id\" may only hold letters, digits, '_', '-', '.', ':' and '@'",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_is_one_problem() {
+        let text = MINIMAL.replace("  event:\n    name: signup", "  event: { name: signup");
+        let problems = shown(&text);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+    }
+
+    #[test]
+    fn parts_joined_by_an_alias_report_the_first_error_named_by_its_node() {
+        let text = "id: a\nname: A\ntrigger: { event: { name: s } }\nstart: a\nnodes:\n  a: &w { wait: { duration: x, next: b } }\n  b: *w\n";
+        let problems = shown(text);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("w.yaml:6: node a: invalid duration \"x\""),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_reported_when_every_part_is_well_formed() {
+        let text = MINIMAL.replace("start: done\n", "");
+        assert_eq!(shown(&text), ["w.yaml: missing field `start`"]);
+    }
+
+    #[test]
+    fn edges_keep_their_own_line() {
+        let text = "id: e\nname: E\ntrigger: { event: { name: signup } }\nstart: a\nnodes:\n  a:\n    wait:\n      duration: 1d\n\n      next: b\n  b:\n    branch:\n      cases:\n        - when: { has_tag: x }\n          next: a\n      else: b\n";
+        let wf = parse(Path::new("w.yaml"), text).unwrap();
+        let lines = |id: &str| -> Vec<u32> {
+            wf.nodes[&crate::model::NodeId::parse(id).unwrap()]
+                .located_edges()
+                .iter()
+                .map(|e| e.line)
+                .collect()
+        };
+        assert_eq!(lines("a"), [10]);
+        assert_eq!(lines("b"), [15, 16]);
     }
 }

@@ -39,6 +39,7 @@ mod duration;
 pub mod load;
 mod local_time;
 mod node;
+mod outline;
 mod problem;
 pub mod schema;
 mod segment;

@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::Located;
 use super::condition::{Comparison, Condition};
 use super::duration::Duration;
 use super::local_time::{TimeOfDay, Weekday};
@@ -59,7 +60,7 @@ pub struct Wait {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<TimeOfDay>,
     /// Where to go when the wait is over.
-    pub next: NodeId,
+    pub next: Located<NodeId>,
 }
 
 /// Pause until a matching event, or the timeout.
@@ -74,9 +75,9 @@ pub struct WaitForEvent {
     /// How long to wait before taking `on_timeout`.
     pub timeout: Duration,
     /// Where to go when the event arrives; later nodes see it as `event`.
-    pub on_event: NodeId,
+    pub on_event: Located<NodeId>,
     /// Where to go when the timeout passes first.
-    pub on_timeout: NodeId,
+    pub on_timeout: Located<NodeId>,
 }
 
 /// An ordered list of cases plus a fallback.
@@ -87,7 +88,7 @@ pub struct Branch {
     pub cases: Vec<Case>,
     /// Where to go when no case holds.
     #[serde(rename = "else")]
-    pub otherwise: NodeId,
+    pub otherwise: Located<NodeId>,
 }
 
 /// One case of a branch.
@@ -97,7 +98,7 @@ pub struct Case {
     /// The condition.
     pub when: Condition,
     /// Where to go when it holds.
-    pub next: NodeId,
+    pub next: Located<NodeId>,
 }
 
 /// A/B/n split with an optional hold-out. Weights are percentages and, with the hold-out,
@@ -125,7 +126,7 @@ pub struct Arm {
     /// Percentage of customers on this arm.
     pub weight: u32,
     /// Where this arm goes.
-    pub next: NodeId,
+    pub next: Located<NodeId>,
 }
 
 /// Send an email.
@@ -141,7 +142,7 @@ pub struct SendEmail {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
     /// Where to go next.
-    pub next: NodeId,
+    pub next: Located<NodeId>,
 }
 
 /// Send an SMS.
@@ -151,7 +152,7 @@ pub struct SendSms {
     /// The template folder under `templates/`, with `sms.hbs`.
     pub template: String,
     /// Where to go next.
-    pub next: NodeId,
+    pub next: Located<NodeId>,
 }
 
 /// Call an HTTP endpoint.
@@ -170,7 +171,7 @@ pub struct Webhook {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
     /// Where to go next.
-    pub next: NodeId,
+    pub next: Located<NodeId>,
 }
 
 /// The HTTP method of a webhook.
@@ -220,7 +221,7 @@ pub struct Update {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_tags: Vec<String>,
     /// Where to go next.
-    pub next: NodeId,
+    pub next: Located<NodeId>,
 }
 
 impl Node {
@@ -241,6 +242,11 @@ impl Node {
 
     /// Every outgoing edge, in the order the file gives them.
     pub fn edges(&self) -> Vec<&NodeId> {
+        self.located_edges().into_iter().map(|e| &e.value).collect()
+    }
+
+    /// Every outgoing edge with its line in the file, in the order the file gives them.
+    pub fn located_edges(&self) -> Vec<&Located<NodeId>> {
         match self {
             Node::Wait(n) => vec![&n.next],
             Node::WaitForEvent(n) => vec![&n.on_event, &n.on_timeout],

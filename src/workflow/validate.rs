@@ -55,7 +55,7 @@ pub fn check_paths(workflow_paths: &[&Path], template_dir: &Path) -> Checked {
         } else {
             match super::load_file(path) {
                 Ok(wf) => workflows.push(wf),
-                Err(problem) => problems.push(problem),
+                Err(found) => problems.extend(found),
             }
         }
     }
@@ -125,12 +125,18 @@ pub fn validate(wf: &Workflow, templates: &Templates) -> Vec<Problem> {
     };
 
     for (id, node) in &wf.nodes {
-        let mut notes = Vec::new();
-        for edge in node.edges() {
-            if !wf.nodes.contains_key(edge) {
-                notes.push(format!("edge to missing node {:?}", edge.as_str()));
+        // An edge's problem is at the edge's own line, such as its `next:`.
+        for edge in node.located_edges() {
+            if !wf.nodes.contains_key(&edge.value) {
+                let line = if edge.line > 0 { edge.line } else { node.line };
+                at_node(
+                    id,
+                    line,
+                    format!("edge to missing node {:?}", edge.as_str()),
+                );
             }
         }
+        let mut notes = Vec::new();
         check_node(&node.value, templates, &mut notes);
         for note in notes {
             at_node(id, node.line, note);

@@ -42,8 +42,8 @@ fn validate_reports_every_problem_in_the_broken_fixtures_with_file_line_and_node
     tests/fixtures/broken/templates/unknown_var/text.hbs:2: partial "missing_partial" not found in templates/partials/
     tests/fixtures/broken/workflows/graph.yaml:9: node greet: template "missing_template" not found (or has problems) in tests/fixtures/broken/templates
     tests/fixtures/broken/workflows/graph.yaml:13: node ab: split weights plus holdout sum to 80, not 100 (weights are percentages)
-    tests/fixtures/broken/workflows/graph.yaml:18: node text_as_email: edge to missing node "nowhere"
     tests/fixtures/broken/workflows/graph.yaml:18: node text_as_email: template "texts" cannot render email: it needs subject.hbs, html.hbs and text.hbs
+    tests/fixtures/broken/workflows/graph.yaml:20: node text_as_email: edge to missing node "nowhere"
     tests/fixtures/broken/workflows/graph.yaml:22: node spin: comparison on "plan" needs one operator (eq, ne, gt, gte, lt, lte, in, contains, exists)
     tests/fixtures/broken/workflows/graph.yaml:22: node spin: loop without a wait: spin -> tag -> spin
     tests/fixtures/broken/workflows/graph.yaml:22: node spin: path never ends: no exit can be reached from here
@@ -54,9 +54,35 @@ fn validate_reports_every_problem_in_the_broken_fixtures_with_file_line_and_node
     tests/fixtures/broken/workflows/segments.yaml:3: segment vip: comparison on "tier" needs one operator (eq, ne, gt, gte, lt, lte, in, contains, exists)
     tests/fixtures/broken/workflows/segments.yaml:3: segment vip: in_segment "later": only segments defined above this one can be used
     tests/fixtures/broken/workflows/syntax.yaml:5: while parsing a flow mapping, did not find expected ',' or '}'
-    tests/fixtures/broken/workflows/unknown_key.yaml:12: unknown field `colour`, expected one of template, from, reply_to, next
+    tests/fixtures/broken/workflows/three_mistakes.yaml:2: name: expected string scalar
+    tests/fixtures/broken/workflows/three_mistakes.yaml:11: node hello: unknown field `colour`, expected one of template, from, reply_to, next
+    tests/fixtures/broken/workflows/three_mistakes.yaml:15: node pause: invalid duration "3 days": write a number and a unit (s, m, h, d, w), such as "90m", "2d" or "1h30m"
+    tests/fixtures/broken/workflows/unknown_key.yaml:12: node hello: unknown field `colour`, expected one of template, from, reply_to, next
     tests/fixtures/broken/workflows/unknown_segment.yaml:4: trigger: unknown segment "nobody" (define it in segments.yaml beside the workflows)
-    23 problems
+    26 problems
+    "#);
+}
+
+#[test]
+fn validate_reports_every_format_error_of_one_file_in_one_run() {
+    // A wrong type at the top level, an unknown key in one node and a bad duration in
+    // another: all three, each with its line and its node or key.
+    let out = trellis(&[
+        "validate",
+        "tests/fixtures/broken/workflows/three_mistakes.yaml",
+        "--templates",
+        "tests/fixtures/broken/templates",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let shown = stdout(&out);
+    let workflow_lines: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.contains("three_mistakes.yaml"))
+        .collect();
+    insta::assert_snapshot!(workflow_lines.join("\n"), @r#"
+    tests/fixtures/broken/workflows/three_mistakes.yaml:2: name: expected string scalar
+    tests/fixtures/broken/workflows/three_mistakes.yaml:11: node hello: unknown field `colour`, expected one of template, from, reply_to, next
+    tests/fixtures/broken/workflows/three_mistakes.yaml:15: node pause: invalid duration "3 days": write a number and a unit (s, m, h, d, w), such as "90m", "2d" or "1h30m"
     "#);
 }
 
@@ -125,7 +151,7 @@ fn simulate_refuses_a_broken_workflow_and_names_the_problem() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("unknown_key.yaml:12: unknown field `colour`"),
+        err.contains("unknown_key.yaml:12: node hello: unknown field `colour`"),
         "{err}"
     );
 }

@@ -22,7 +22,8 @@ fn id(i: usize) -> NodeId {
 
 /// A node of a random kind whose edges point at nodes `0..n`, or (rarely) at a missing one.
 fn node(n: usize) -> impl Strategy<Value = Node> {
-    let target = (0..n + 1).prop_map(id); // n itself does not exist
+    // n itself does not exist
+    let target = (0..n + 1).prop_map(|i| Located::unlocated(id(i)));
     let minutes = 0i64..3000;
     prop_oneof![
         (minutes.clone(), target.clone()).prop_map(|(m, next)| Node::Wait(Wait {

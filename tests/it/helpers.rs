@@ -22,12 +22,21 @@ pub fn templates() -> Templates {
 /// A shipped workflow by id.
 pub fn example(id: &str) -> Workflow {
     workflow::load_file(&root().join("workflows").join(format!("{id}.yaml")))
-        .unwrap_or_else(|p| panic!("{p}"))
+        .unwrap_or_else(|p| panic!("{}", shown(&p)))
 }
 
 /// A workflow from YAML text, named `inline.yaml` in messages.
 pub fn inline(yaml: &str) -> Workflow {
-    workflow::parse(Path::new("inline.yaml"), yaml).unwrap_or_else(|p| panic!("{p}"))
+    workflow::parse(Path::new("inline.yaml"), yaml).unwrap_or_else(|p| panic!("{}", shown(&p)))
+}
+
+/// Problems one a line, as `trellis validate` prints them.
+fn shown(problems: &[workflow::Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A customer from JSON text.

@@ -146,7 +146,7 @@ async fn serve_refuses_to_start_on_broken_workflows_and_prints_every_problem() {
         "{err}"
     );
     assert!(
-        err.contains("unknown_key.yaml:12: unknown field `colour`"),
+        err.contains("unknown_key.yaml:12: node hello: unknown field `colour`"),
         "{err}"
     );
 }

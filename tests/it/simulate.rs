@@ -353,8 +353,12 @@ fn a_missing_template_variable_shows_as_an_error_not_an_empty_string() {
             ..Options::default()
         },
     );
+    // The error names the file, line and column, and the variable.
     assert!(
-        t.contains("error      greeting         rendering birthday/html.hbs"),
+        t.contains("error      greeting         rendering ")
+            && t.contains(
+                "templates/birthday/html.hbs:3:46: variable customer.attributes.coupon_code is missing"
+            ),
         "{t}"
     );
 }

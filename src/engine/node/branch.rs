@@ -11,5 +11,5 @@ pub(super) fn visit(branch: &Branch, run: &mut Run<'_>) -> Flow {
         .iter()
         .find(|case| holds(&case.when, &scope))
         .map_or(&branch.otherwise, |case| &case.next);
-    Flow::Next(next.clone())
+    Flow::Next(next.value.clone())
 }

@@ -20,7 +20,7 @@ pub(super) fn visit(split: &Split, run: &mut Run<'_>) -> Flow {
     for arm in &split.arms {
         if point < u64::from(arm.weight) {
             run.enrollment.arm = Some(arm.name.clone());
-            return Flow::Next(arm.next.clone());
+            return Flow::Next(arm.next.value.clone());
         }
         point -= u64::from(arm.weight);
     }

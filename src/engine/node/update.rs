@@ -9,7 +9,7 @@ pub(super) fn visit(update: &Update, run: &mut Run<'_>) -> Flow {
         node: run.node_id(),
         update: update.clone(),
     });
-    Flow::Next(update.next.clone())
+    Flow::Next(update.next.value.clone())
 }
 
 /// Applies an update to a profile; the shells use the same function, so the engine's view

@@ -16,5 +16,5 @@ pub(super) fn visit(hook: &Webhook, run: &mut Run<'_>) -> Flow {
             .collect(),
         body: hook.body.clone(),
     }));
-    Flow::Next(hook.next.clone())
+    Flow::Next(hook.next.value.clone())
 }
