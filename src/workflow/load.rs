@@ -259,7 +259,7 @@ mod tests {
             [
                 "w.yaml:7: unknown field `colour`, expected one of id, name, description, category, trigger, entry, goal, quiet_hours, start, nodes",
                 "w.yaml:8: entry: unknown variant `sometimes`, expected one of once, every_time, cooldown",
-                "w.yaml:11: node bad id: node id \"bad id\" may only hold letters, digits, '_', '-', '.', ':' and '@'",
+                "w.yaml:11: node bad id: node id \"bad id\" may only hold letters, digits, '_', '-', '.', ':', '@' and '+'",
             ]
         );
     }
