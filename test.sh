@@ -50,7 +50,7 @@ export PATH="$venv/bin:$PATH"
 
 # --- the tests ------------------------------------------------------------------------------
 say "cargo test"
-cargo test --locked "$@"
+cargo test --locked --features crash-points "$@"
 
 if [ $# -eq 0 ] && [ -x tests/support/schemathesis.sh ]; then
   say "the API contract (schemathesis against /v1/openapi.json)"

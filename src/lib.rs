@@ -10,6 +10,7 @@ pub mod channels;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crash_point;
 pub mod engine;
 pub mod model;
 pub mod scheduler;

@@ -85,6 +85,7 @@ async fn store_events(
         results.push(tx.insert_event(customer, event, now).await?);
     }
     tx.commit().await?;
+    crate::crash_point::crash_point("after_event_insert");
     state.nudge.notify_one();
     Ok(results)
 }
@@ -156,6 +157,7 @@ async fn write_group(
         results.push(tx.insert_event(&q.customer, &q.event, q.now).await?);
     }
     tx.commit().await?;
+    crate::crash_point::crash_point("after_event_insert");
     Ok(results)
 }
 

@@ -75,6 +75,7 @@ pub async fn drain(ctx: &DispatchCtx, now: Timestamp) -> Result<DrainReport, sto
     if claimed.is_empty() {
         return Ok(report);
     }
+    crate::crash_point::crash_point("after_claim");
     let (finished_tx, finished_rx) = mpsc::unbounded_channel();
     let recorder = tokio::spawn(record(
         ctx.store.clone(),
@@ -112,6 +113,7 @@ pub async fn drain(ctx: &DispatchCtx, now: Timestamp) -> Result<DrainReport, sto
                             .decide(&message.key, attempt, message.created_at, &err, now)
                     }
                 };
+                crate::crash_point::crash_point("after_send");
                 match &outcome {
                     AttemptOutcome::Sent { .. } => {}
                     AttemptOutcome::Retry { reason, .. } => {

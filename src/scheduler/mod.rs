@@ -126,7 +126,9 @@ pub async fn tick(ctx: &SchedulerCtx, now: Timestamp) -> Result<TickReport, stor
             tx.mark_processed(stored.seq).await?;
             report.events += 1;
         }
+        crate::crash_point::crash_point("in_step");
         tx.commit().await?;
+        crate::crash_point::crash_point("after_step_commit");
         nudge_outbox(ctx, &report);
     }
     for _ in 0..MAX_ROUNDS {
@@ -139,7 +141,9 @@ pub async fn tick(ctx: &SchedulerCtx, now: Timestamp) -> Result<TickReport, stor
             report.messages += on_wake(ctx, &mut tx, enrollment, now).await?;
             report.woken += 1;
         }
+        crate::crash_point::crash_point("in_step");
         tx.commit().await?;
+        crate::crash_point::crash_point("after_step_commit");
         nudge_outbox(ctx, &report);
     }
     for _ in 0..MAX_ROUNDS {
@@ -152,7 +156,9 @@ pub async fn tick(ctx: &SchedulerCtx, now: Timestamp) -> Result<TickReport, stor
             report.messages += on_fire(ctx, &mut tx, fire, &paused, now).await?;
             report.fired += 1;
         }
+        crate::crash_point::crash_point("in_step");
         tx.commit().await?;
+        crate::crash_point::crash_point("after_step_commit");
         nudge_outbox(ctx, &report);
     }
     report.next_wake = ctx.store.next_wake().await?;
