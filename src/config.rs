@@ -119,6 +119,9 @@ pub struct ServeConfig {
     /// Internal hosts webhooks may call, comma-separated (e.g. `127.0.0.1,crm.internal`).
     #[arg(long, env = "TRELLIS_WEBHOOK_ALLOW", value_delimiter = ',')]
     pub webhook_allow: Vec<String>,
+    /// How long one webhook call may take before it counts as a temporary failure.
+    #[arg(long, env = "TRELLIS_WEBHOOK_TIMEOUT", default_value = "10s")]
+    pub webhook_timeout: crate::workflow::Duration,
     /// Key for signing unsubscribe links; generated and kept in the database when unset.
     #[arg(long, env = "TRELLIS_SECRET_KEY")]
     pub secret_key: Option<Secret>,

@@ -122,6 +122,13 @@ pub async fn drain(ctx: &DispatchCtx, now: Timestamp) -> Result<DrainReport, sto
                     AttemptOutcome::Failed { reason } => {
                         error!(attempt, reason, "Delivery failed for good.")
                     }
+                    AttemptOutcome::Refused { reason } => {
+                        warn!(
+                            attempt,
+                            reason,
+                            "The recipient's address was refused; it is suppressed from now on."
+                        )
+                    }
                 }
                 let (ack, acked) = oneshot::channel();
                 let queued = finished.send(Finished {
@@ -143,7 +150,9 @@ pub async fn drain(ctx: &DispatchCtx, now: Timestamp) -> Result<DrainReport, sto
         match joined {
             Ok(Some(AttemptOutcome::Sent { .. })) => report.sent += 1,
             Ok(Some(AttemptOutcome::Retry { .. })) => report.retried += 1,
-            Ok(Some(AttemptOutcome::Failed { .. })) => report.failed += 1,
+            Ok(Some(AttemptOutcome::Failed { .. } | AttemptOutcome::Refused { .. })) => {
+                report.failed += 1
+            }
             Ok(None) | Err(_) => {}
         }
     }

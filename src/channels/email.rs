@@ -56,11 +56,20 @@ pub fn reply_is_transient(code: u16) -> bool {
     (400..500).contains(&code)
 }
 
+/// Whether a permanent SMTP reply refuses the recipient's address itself rather than this
+/// message: 550, 551 or 553 (mailbox unavailable, not local, name not allowed), or an
+/// enhanced status `5.1.x` (RFC 3463: addressing status). A 554 for content, or a 552 for
+/// size, is about the message and suppresses nothing.
+pub fn refuses_the_address(code: u16, reply: &str) -> bool {
+    matches!(code, 550 | 551 | 553) || reply.contains(" 5.1.")
+}
+
 /// Maps a lettre error to what the dispatcher should do.
 pub fn classify(err: &lettre::transport::smtp::Error) -> DeliveryError {
     let reason = err.to_string();
     match err.status().map(u16::from) {
         Some(code) if reply_is_transient(code) => DeliveryError::transient(reason),
+        Some(code) if refuses_the_address(code, &reason) => DeliveryError::Refused { reason },
         Some(_) => DeliveryError::permanent(reason),
         // No reply at all: a refused or dropped connection, a timeout, a TLS failure.
         None => DeliveryError::transient(reason),

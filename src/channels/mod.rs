@@ -35,6 +35,13 @@ pub enum DeliveryError {
         /// What happened.
         reason: String,
     },
+    /// The recipient's address itself was refused for good (SMTP `550 5.1.1 no such user`):
+    /// the message fails and the address is suppressed, so nothing is sent to it again.
+    #[error("address refused: {reason}")]
+    Refused {
+        /// What the provider said.
+        reason: String,
+    },
 }
 
 impl DeliveryError {

@@ -57,6 +57,9 @@ impl RetryPolicy {
             DeliveryError::Permanent { reason } => AttemptOutcome::Failed {
                 reason: reason.clone(),
             },
+            DeliveryError::Refused { reason } => AttemptOutcome::Refused {
+                reason: reason.clone(),
+            },
             DeliveryError::Transient {
                 retry_after,
                 reason,

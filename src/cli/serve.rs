@@ -69,7 +69,7 @@ fn channels(config: &ServeConfig, key: &Secret) -> anyhow::Result<Channels> {
     };
     let webhook = WebhookChannel::new(
         Allowlist::new(&config.webhook_allow),
-        Duration::from_secs(10),
+        config.webhook_timeout.as_signed().unsigned_abs(),
     )
     .map_err(anyhow::Error::msg)?;
     let limit = || Arc::new(Semaphore::new(config.channel_concurrency.max(1)));

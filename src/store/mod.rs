@@ -275,6 +275,12 @@ pub enum AttemptOutcome {
         /// Why.
         reason: String,
     },
+    /// Give up, and suppress the recipient's address on the message's channel: the provider
+    /// refused the address itself.
+    Refused {
+        /// What the provider said.
+        reason: String,
+    },
 }
 
 /// A conversion: the goal reached, with its value.

@@ -503,7 +503,9 @@ impl Store {
             let (label, detail) = match outcome {
                 AttemptOutcome::Sent { provider_id } => ("sent", provider_id.clone()),
                 AttemptOutcome::Retry { reason, .. } => ("retry", Some(reason.clone())),
-                AttemptOutcome::Failed { reason } => ("failed", Some(reason.clone())),
+                AttemptOutcome::Failed { reason } | AttemptOutcome::Refused { reason } => {
+                    ("failed", Some(reason.clone()))
+                }
             };
             sqlx::query("INSERT OR REPLACE INTO attempts (message_key, attempt, at, outcome, detail) VALUES (?, ?, ?, ?, ?)")
                 .bind(key)
@@ -530,7 +532,7 @@ impl Store {
                 .bind(millis(*next_attempt_at))
                 .bind(reason)
                 .bind(millis(now)),
-                AttemptOutcome::Failed { reason } => sqlx::query(
+                AttemptOutcome::Failed { reason } | AttemptOutcome::Refused { reason } => sqlx::query(
                     "UPDATE messages SET status = 'failed', attempts = ?2, last_error = ?3, updated_at = ?4 WHERE key = ?1",
                 )
                 .bind(key)
@@ -542,6 +544,21 @@ impl Store {
                 .execute(&mut *tx.tx)
                 .await
                 .map_err(query("updating a message"))?;
+            if let AttemptOutcome::Refused { reason } = outcome {
+                // The address is refused for good: nothing, not even a transactional
+                // message, goes to it again (claims check suppressions).
+                sqlx::query(
+                    "INSERT OR IGNORE INTO suppressions (channel, address, reason, at)
+                     SELECT channel, lower(json_extract(payload, '$.to')), ?2, ?3
+                     FROM messages WHERE key = ?1 AND json_extract(payload, '$.to') IS NOT NULL",
+                )
+                .bind(key)
+                .bind(format!("refused by the provider: {reason}"))
+                .bind(millis(now))
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(query("suppressing a refused address"))?;
+            }
         }
         tx.commit().await
     }

@@ -273,12 +273,28 @@ impl SmtpSink {
 
     /// While failing, the server answers 451 to every message.
     pub fn set_failing(&self, failing: bool) {
+        self.fail_with(failing.then_some(""));
+    }
+
+    /// While `Some(reply)`, every message is answered with `reply` (empty: a 451).
+    pub fn fail_with(&self, reply: Option<&str>) {
         let flag = self.dir.path().join("FAIL");
-        if failing {
-            std::fs::write(flag, "").unwrap();
-        } else {
-            let _ = std::fs::remove_file(flag);
+        match reply {
+            Some(reply) => std::fs::write(flag, reply).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(flag);
+            }
         }
+    }
+
+    /// Refuses these addresses at RCPT with 550 5.1.1.
+    pub fn reject(&self, addresses: &[&str]) {
+        std::fs::write(self.dir.path().join("REJECT"), addresses.join("\n")).unwrap();
+    }
+
+    /// The next message is stored and the connection dropped before the server's 250.
+    pub fn drop_after_next_data(&self) {
+        std::fs::write(self.dir.path().join("DROP_ONCE"), "").unwrap();
     }
 }
 

@@ -7,6 +7,7 @@ mod broadcasts;
 mod cli;
 mod controls;
 mod crash;
+mod delivery_faults;
 mod engine;
 mod engine_props;
 mod faults;

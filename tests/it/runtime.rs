@@ -162,53 +162,6 @@ async fn an_order_within_the_hour_ends_the_cart_journey_with_a_conversion_and_no
 }
 
 #[tokio::test]
-async fn an_smtp_server_refusing_with_451_for_a_while_gets_every_message_once_after_it_recovers() {
-    let smtp = SmtpSink::start();
-    let app = spawn_app(&["--smtp-url", &smtp.url()]).await;
-    smtp.set_failing(true);
-    for i in 0..5 {
-        let id = format!("c{i}");
-        let mut profile = ada();
-        profile["email"] = json!(format!("c{i}@example.com"));
-        app.call("PUT", &format!("/v1/customers/{id}"), Some(profile))
-            .await;
-        app.call(
-            "POST",
-            "/v1/events",
-            Some(json!({"customer_id": id, "name": "signup"})),
-        )
-        .await;
-    }
-    let (_, first) = app.settle().await;
-    assert_eq!((first.sent, first.retried), (0, 5));
-    assert!(smtp.messages().is_empty());
-
-    // Still failing at the first retry, 30 s plus jitter later.
-    app.advance(SignedDuration::from_secs(40));
-    let (_, second) = app.settle().await;
-    assert_eq!(second.retried, 5);
-
-    smtp.set_failing(false);
-    app.advance(SignedDuration::from_mins(2));
-    let (_, third) = app.settle().await;
-    assert_eq!(third.sent, 5);
-    app.advance(SignedDuration::from_hours(1));
-    app.settle().await;
-
-    let mails = smtp.messages();
-    let mut ids: Vec<&str> = mails
-        .iter()
-        .filter_map(|m| m.lines().find(|l| l.starts_with("Message-ID:")))
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!((mails.len(), ids.len()), (5, 5), "every message once");
-    let (_, view) = app.call("GET", "/v1/customers/c0", None).await;
-    assert_eq!(view["messages"][0]["attempts"], 3);
-    assert_eq!(view["messages"][0]["status"], "sent");
-}
-
-#[tokio::test]
 async fn an_sms_provider_answering_503_is_retried_and_a_refused_number_fails_without_retry() {
     let twilio = TwilioServer::start(1).await;
     let app = spawn_app(&[

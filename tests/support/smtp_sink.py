@@ -1,7 +1,12 @@
 """A real SMTP server for Trellis's tests, built on aiosmtpd.
 
-Stores each accepted message as <dir>/<n>.eml. While the file <dir>/FAIL exists, it answers
-every message with "451 4.3.0 Try again later". Prints "ready <port>" once listening.
+Stores each accepted message as <dir>/<n>.eml. Control files in <dir>:
+- FAIL: while it exists, every message is answered with its first line, or with
+  "451 4.3.0 Try again later" when it is empty (write "421 4.3.2 Closing" for a 421);
+- REJECT: addresses, one a line, refused at RCPT with "550 5.1.1 no such user";
+- DROP_ONCE: the next message is stored and the connection dropped before the reply (the
+  RFC 1047 window: the client cannot know it was accepted); the file is then removed.
+Prints "ready <port>" once listening.
 
 Usage: python3 smtp_sink.py DIR
 """
@@ -22,15 +27,36 @@ class Sink:
         self.counter = itertools.count()
         self.lock = threading.Lock()
 
+    def control(self, name):
+        path = os.path.join(self.folder, name)
+        try:
+            with open(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        refused = self.control("REJECT")
+        if refused is not None and address.lower() in refused.lower().split():
+            return f"550 5.1.1 <{address}>: no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope):
-        if os.path.exists(os.path.join(self.folder, "FAIL")):
-            return "451 4.3.0 Try again later"
+        failing = self.control("FAIL")
+        if failing is not None:
+            return failing.strip().splitlines()[0] if failing.strip() else "451 4.3.0 Try again later"
         with self.lock:
             n = next(self.counter)
         path = os.path.join(self.folder, f"{n:06d}.eml")
         with open(path + ".tmp", "wb") as f:
             f.write(envelope.original_content or envelope.content)
         os.rename(path + ".tmp", path)
+        drop = os.path.join(self.folder, "DROP_ONCE")
+        if os.path.exists(drop):
+            os.remove(drop)
+            # Stored, and the connection goes before the 250 leaves.
+            server.transport.abort()
         return f"250 2.0.0 Ok: queued as {n}"
 
 
