@@ -7,8 +7,9 @@
 # - a Python virtual environment of its own (target/test-venv, or $TRELLIS_TEST_VENV) with
 #   aiosmtpd (the real SMTP server the email tests deliver to) and schemathesis (the API
 #   contract check), pinned in tests/support/requirements.txt;
-# - Debian's kannel and kannel-extras (a real SMS gateway and its fake SMS centre) and postfix
-#   (smtp-sink and smtp-source for the benchmark smoke run), through apt-get, as root or sudo.
+# - Debian's kannel and kannel-extras (a real SMS gateway and its fake SMS centre), postfix
+#   (smtp-sink and smtp-source for the benchmark smoke run) and libfaketime (the wall clock
+#   jumping under a running server), through apt-get, as root or sudo.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,6 +20,7 @@ need_apt=()
 [ -x /usr/sbin/bearerbox ] || need_apt+=(kannel)
 [ -x /usr/lib/kannel/test/fakesmsc ] || need_apt+=(kannel-extras)
 [ -x /usr/sbin/smtp-sink ] || need_apt+=(postfix)
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" > /dev/null || need_apt+=(libfaketime)
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_apt[*]}"

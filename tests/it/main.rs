@@ -5,6 +5,7 @@ mod api;
 mod app;
 mod broadcasts;
 mod cli;
+mod clock_jumps;
 mod controls;
 mod crash;
 mod delivery_faults;
