@@ -286,7 +286,7 @@ async fn a_short_lock_by_another_process_only_delays_the_request() {
     let db = dir.path().join("t.db");
     let server = Server::start(&db, &dir.path().join("outbox")).await;
     assert_eq!(server.post_event(&signup(0, 10)).await.0, 202);
-    let mut locker = lock_from_another_process(&db, Duration::from_millis(1500));
+    let mut locker = lock_from_another_process(&db, Duration::from_secs(2));
     let (status, _, body) = server.post_event(&signup(1, 10)).await;
     assert_eq!(
         status, 202,

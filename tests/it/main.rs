@@ -17,6 +17,7 @@ mod import;
 mod inbound;
 mod kannel;
 mod lifecycle;
+mod promises;
 mod runtime;
 mod segments;
 mod simulate;
