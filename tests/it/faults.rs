@@ -214,10 +214,14 @@ async fn a_full_disk_answers_503_with_retry_after_and_recovers_by_itself() {
         accepted.push(i);
     }
     assert_eq!(server.health().await.0, 200);
+    let kept = accepted.len();
     for i in accepted {
         let (status, body) = server.customer(&format!("c{i:04}")).await;
         assert_eq!(status, 200, "accepted event {i} was kept: {body}");
     }
+    println!(
+        "RELIABILITY disk full: 503 with Retry-After at event {refused}, writes back after {attempts} retries without a restart, {kept} of {kept} accepted events kept"
+    );
 }
 
 /// Holds SQLite's write lock on `db` from another process for `hold`.
@@ -278,6 +282,9 @@ async fn a_database_locked_by_another_process_answers_503_within_a_bounded_wait(
     for i in 0..2 {
         assert_eq!(server.customer(&format!("c{i:04}")).await.0, 200);
     }
+    println!(
+        "RELIABILITY database locked 20 s by another process: 503 with Retry-After within 10 s, 2 of 2 accepted events kept"
+    );
 }
 
 #[tokio::test]
@@ -294,4 +301,7 @@ async fn a_short_lock_by_another_process_only_delays_the_request() {
     );
     let _ = locker.wait();
     assert_eq!(server.customer("c0001").await.0, 200);
+    println!(
+        "RELIABILITY database locked 2 s by another process: the request waited and was accepted"
+    );
 }
