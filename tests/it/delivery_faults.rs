@@ -300,3 +300,119 @@ async fn webhooks_slower_than_their_timeout_or_answering_500_are_retried_and_a_4
         "every attempt carries the same Idempotency-Key: {keys:?}"
     );
 }
+
+/// An SMS provider that resets the first `resets` connections (RST, no answer) and then
+/// answers every request 201 like Twilio; counts the requests it answered.
+async fn resetting_provider(resets: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = answered.clone();
+    tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            seen += 1;
+            if seen <= resets {
+                // Linger 0: closing sends a reset instead of a clean end.
+                socket.set_zero_linger().unwrap();
+                drop(socket);
+                continue;
+            }
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut read = 0;
+                // Headers, then the body its Content-Length announces.
+                loop {
+                    let Ok(n) = socket.read(&mut buf[read..]).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    read += n;
+                    let text = String::from_utf8_lossy(&buf[..read]).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if read >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = "{\"sid\":\"SM1\",\"status\":\"queued\"}";
+                let _ = socket
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    (base, answered)
+}
+
+#[tokio::test]
+async fn an_sms_provider_resetting_the_connection_is_retried_and_sent_once() {
+    let (base, answered) = resetting_provider(1).await;
+    let app = spawn_app(&[
+        "--twilio-base-url",
+        &base,
+        "--twilio-account-sid",
+        "AC1",
+        "--twilio-auth-token",
+        "t",
+    ])
+    .await;
+    app.call(
+        "PUT",
+        "/v1/customers/ada",
+        Some(json!({"phone": "+14155550101", "timezone": "America/New_York", "attributes": {"first_name": "Ada"}, "consent": {"sms": true, "email": true}})),
+    )
+    .await;
+    app.call(
+        "POST",
+        "/v1/events",
+        Some(json!({"customer_id": "ada", "name": "cart_updated", "properties": {"total": 5, "items": []}})),
+    )
+    .await;
+    app.settle().await;
+    app.advance(SignedDuration::from_hours(1));
+    app.settle().await; // the reminder email, to no address
+    app.advance(SignedDuration::from_hours(23));
+    let (_, first) = app.settle().await;
+    assert_eq!(
+        first.retried, 1,
+        "a reset is a temporary failure: {first:?}"
+    );
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 0);
+    app.advance(SignedDuration::from_mins(2));
+    let (_, second) = app.settle().await;
+    assert_eq!(second.sent, 1, "{second:?}");
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let (_, view) = app.call("GET", "/v1/customers/ada", None).await;
+    let sms = view["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["channel"] == "sms")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&sms["status"], &sms["attempts"]),
+        (&json!("sent"), &json!(2)),
+        "{sms}"
+    );
+}
