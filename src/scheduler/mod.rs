@@ -405,6 +405,9 @@ async fn on_event(
     let input = Input::Event(stored.event.clone());
     let mut n_messages = 0;
     for enrollment in tx.active_enrollments(&stored.customer_id).await? {
+        // Active whether or not its version still loads: entering the workflow again would
+        // break the one-active-enrollment rule and fail this batch at every tick.
+        visit.active_in.insert(enrollment.workflow_id.to_string());
         let Some(workflow) = ctx
             .catalog
             .version(

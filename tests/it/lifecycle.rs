@@ -312,3 +312,40 @@ async fn secrets_never_show_in_debug_output_or_api_responses() {
         "[redacted]"
     );
 }
+
+#[tokio::test]
+async fn an_event_beside_an_enrollment_whose_version_no_longer_loads_is_still_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = dir.path().join("wf");
+    std::fs::create_dir_all(&workflows).unwrap();
+    std::fs::write(
+        workflows.join("ping.yaml"),
+        "id: ping\nname: Ping\ntrigger: { event: { name: ping } }\nentry: every_time\nstart: pause\nnodes:\n  pause: { wait: { duration: 2d, next: done } }\n  done: exit\n",
+    )
+    .unwrap();
+    let app = spawn_app_in(dir, &["--workflows", workflows.to_str().unwrap()]).await;
+    let ping = || json!({"customer_id": "ada", "name": "ping"});
+    app.call("POST", "/v1/events", Some(ping())).await;
+    app.settle().await;
+    // The waiting enrollment now names a version the catalog does not hold (its file was
+    // changed and the old text no longer parses).
+    sqlx::query(
+        "UPDATE enrollments SET state = json_set(state, '$.workflow_version', 'gone0000gone0000')",
+    )
+    .execute(app.service.scheduler.store.pool())
+    .await
+    .unwrap();
+    app.call("POST", "/v1/events", Some(ping())).await;
+    let report = trellis::scheduler::tick(&app.service.scheduler, app.now())
+        .await
+        .expect("the batch commits: the customer is still in the workflow, so no second entry");
+    assert_eq!(report.events, 1);
+    let (_, view) = app.call("GET", "/v1/customers/ada", None).await;
+    let active: Vec<_> = view["enrollments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["active"] == true)
+        .collect();
+    assert_eq!(active.len(), 1, "{view}");
+}
