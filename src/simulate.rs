@@ -375,8 +375,10 @@ impl Sim<'_> {
         };
         let line = match effect {
             Effect::Send(message) => {
-                if self.workflow.category == crate::workflow::Category::Marketing {
-                    self.sends.push((message.channel, now));
+                if let Some(mark) =
+                    crate::engine::policy::counts_toward_caps(self.workflow.category, effect, now)
+                {
+                    self.sends.push((mark.channel(), mark.at()));
                 }
                 let to = self.customer.address(message.channel).unwrap_or_default();
                 let mut fields = json!({

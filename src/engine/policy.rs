@@ -82,6 +82,53 @@ impl FromStr for Overflow {
     }
 }
 
+/// A send that frequency caps count: its channel and the moment it was decided. Only
+/// [`counts_toward_caps`] makes one, so every shell — the scheduler's bookkeeping within a
+/// visit, the outbox row the store counts later, the simulator — counts by the same rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapMark {
+    channel: Channel,
+    at: Timestamp,
+}
+
+impl CapMark {
+    /// The channel the send counts on.
+    pub fn channel(self) -> Channel {
+        self.channel
+    }
+
+    /// When it counts from: the decision to send, not an earlier hold.
+    pub fn at(self) -> Timestamp {
+        self.at
+    }
+
+    /// A mark read back from the store, which only ever stored marks made by
+    /// [`counts_toward_caps`].
+    pub fn stored(channel: Channel, at: Timestamp) -> Self {
+        Self { channel, at }
+    }
+}
+
+/// What frequency caps count: a marketing workflow's decision to send an email or SMS, at the
+/// moment of that decision. Holds, suppressions decided by the engine, webhooks and
+/// transactional messages never count; what happens to the message later (sent, failed,
+/// cancelled) does not change that it counted.
+pub fn counts_toward_caps(
+    category: crate::workflow::Category,
+    effect: &super::Effect,
+    now: Timestamp,
+) -> Option<CapMark> {
+    match effect {
+        super::Effect::Send(message) if category == crate::workflow::Category::Marketing => {
+            Some(CapMark {
+                channel: message.channel,
+                at: now,
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The send-time rules in force.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SendPolicy {
@@ -172,6 +219,46 @@ mod tests {
         let day: QuietHours = "12:00-13:00".parse().unwrap();
         assert!(quiet_ends_after(day, ts("2026-06-02T12:30:00Z"), &TimeZone::UTC).is_some());
         assert!("09:00-09:00".parse::<QuietHours>().is_err());
+    }
+
+    #[test]
+    fn only_a_marketing_decision_to_send_counts_toward_caps() {
+        use crate::engine::{Effect, Message, Suppression};
+        use crate::model::{IdempotencyKey, NodeId};
+        use crate::workflow::Category;
+        let now = ts("2026-06-02T18:00:00Z");
+        let key = IdempotencyKey::derive(&["e", "n", "1"]);
+        let node = NodeId::parse("n").unwrap();
+        let send = Effect::Send(Message {
+            key: key.clone(),
+            node: node.clone(),
+            channel: Channel::Sms,
+            template: "t".into(),
+            from: None,
+            reply_to: None,
+        });
+        let mark = counts_toward_caps(Category::Marketing, &send, now).unwrap();
+        assert_eq!((mark.channel(), mark.at()), (Channel::Sms, now));
+        assert_eq!(
+            counts_toward_caps(Category::Transactional, &send, now),
+            None
+        );
+        let held = Effect::Held {
+            key: key.clone(),
+            node: node.clone(),
+            channel: Channel::Sms,
+            until: now,
+            reason: Suppression::FrequencyCap,
+        };
+        let suppressed = Effect::Suppressed {
+            key,
+            node,
+            channel: Channel::Sms,
+            reason: Suppression::NoConsent,
+        };
+        for effect in [held, suppressed] {
+            assert_eq!(counts_toward_caps(Category::Marketing, &effect, now), None);
+        }
     }
 
     #[test]

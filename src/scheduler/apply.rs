@@ -32,6 +32,7 @@ pub(super) async fn apply(
         match effect {
             Effect::Send(message) => {
                 let mut new = render_message(ctx, workflow, enrollment, &state.customer, message);
+                new.cap = crate::engine::policy::counts_toward_caps(workflow.category, effect, now);
                 let address = state.customer.address(message.channel).unwrap_or_default();
                 if let Some(reason) = tx.suppression(message.channel, address).await? {
                     new.status = MessageStatus::Suppressed;
@@ -61,6 +62,7 @@ pub(super) async fn apply(
                     payload: Payload::None,
                     note: Some(format!("{channel}: {reason}")),
                     transactional: workflow.category == Category::Transactional,
+                    cap: None,
                 };
                 tx.insert_message(&new, now).await?;
             }
@@ -109,6 +111,7 @@ pub(super) async fn apply(
                     payload: Payload::None,
                     note: Some(format!("{channel}: {reason} until {until}")),
                     transactional: false,
+                    cap: None,
                 };
                 tx.insert_message(&held, now).await?;
             }
@@ -184,6 +187,7 @@ fn render_message(
         payload,
         note,
         transactional: workflow.category == Category::Transactional,
+        cap: None,
     }
 }
 
@@ -229,5 +233,6 @@ fn render_webhook(
         payload,
         note,
         transactional: workflow.category == Category::Transactional,
+        cap: None,
     }
 }

@@ -253,7 +253,7 @@ impl Visit {
         let mut n = 0;
         if result.enrollment != *enrollment {
             n = apply(ctx, tx, workflow, &result, &mut self.state, now).await?;
-            note_sends(&result, &mut self.sends, now);
+            note_sends(&result, workflow.category, &mut self.sends, now);
         }
         if result.enrollment.is_active() {
             self.active_in.insert(workflow.id.to_string());
@@ -545,14 +545,20 @@ async fn on_wake(
     Ok(n)
 }
 
-/// Adds a step's marketing sends to the ones caps count, so the next workflow stepped for
-/// the same customer sees them.
-fn note_sends(step: &crate::engine::Step, sends: &mut Vec<(Channel, Timestamp)>, now: Timestamp) {
-    for effect in &step.effects {
-        if let crate::engine::Effect::Send(message) = effect {
-            sends.push((message.channel, now));
-        }
-    }
+/// Adds the step's sends that caps count to the ones the next workflow stepped for the same
+/// customer sees, by the rule the outbox rows follow.
+fn note_sends(
+    step: &crate::engine::Step,
+    category: crate::workflow::Category,
+    sends: &mut Vec<(Channel, Timestamp)>,
+    now: Timestamp,
+) {
+    sends.extend(
+        step.effects
+            .iter()
+            .filter_map(|e| crate::engine::policy::counts_toward_caps(category, e, now))
+            .map(|mark| (mark.channel(), mark.at())),
+    );
 }
 
 /// Recomputes every customer's value traits (RFM, value tier, lifecycle) at `now` and writes

@@ -236,6 +236,10 @@ pub struct NewMessage {
     pub note: Option<String>,
     /// From a transactional workflow: not cancelled when the customer opts out of marketing.
     pub transactional: bool,
+    /// Counts toward frequency caps from this moment
+    /// ([`counts_toward_caps`](crate::engine::policy::counts_toward_caps)); `None` for what
+    /// caps never count.
+    pub cap: Option<crate::engine::policy::CapMark>,
 }
 
 /// An outbox message claimed for delivery.

@@ -1072,8 +1072,9 @@ impl Tx {
         Ok(done.rows_affected() > 0)
     }
 
-    /// The customer's marketing messages queued or sent since `since`, per channel: what
-    /// frequency caps count.
+    /// The customer's sends that count toward frequency caps since `since`, per channel: the
+    /// messages written with a [`CapMark`](crate::engine::policy::CapMark), from the moment
+    /// it gives (a held send counts from when it was sent, not from the hold).
     ///
     /// # Errors
     /// On a database error.
@@ -1082,10 +1083,11 @@ impl Tx {
         id: &CustomerId,
         since: Timestamp,
     ) -> Result<Vec<(crate::model::Channel, Timestamp)>, Error> {
+        // Exactly the rows written with a cap mark: which sends count is decided once, by
+        // `engine::policy::counts_toward_caps`, never by a filter here.
         let rows = sqlx::query(
-            "SELECT channel, created_at FROM messages
-             WHERE customer_id = ? AND created_at > ? AND category = 'marketing'
-               AND status IN ('pending', 'sending', 'sent') AND channel IN ('email', 'sms')",
+            "SELECT channel, counts_at FROM messages
+             WHERE customer_id = ? AND counts_at > ? AND counts_at IS NOT NULL",
         )
         .bind(id.as_str())
         .bind(millis(since))
@@ -1164,11 +1166,12 @@ impl Tx {
     pub async fn insert_message(&mut self, m: &NewMessage, now: Timestamp) -> Result<(), Error> {
         let payload = serde_json::to_string(&m.payload).expect("a payload always serializes");
         sqlx::query(
-            "INSERT INTO messages (key, enrollment_id, workflow_id, node, customer_id, channel, template, status, payload, next_attempt_at, last_error, created_at, updated_at, category)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?10, ?12)
+            "INSERT INTO messages (key, enrollment_id, workflow_id, node, customer_id, channel, template, status, payload, next_attempt_at, last_error, created_at, updated_at, category, counts_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?10, ?12, ?13)
              ON CONFLICT (key) DO UPDATE SET status = excluded.status, payload = excluded.payload,
                channel = excluded.channel, last_error = excluded.last_error,
-               next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at
+               next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at,
+               counts_at = excluded.counts_at
              WHERE messages.status = 'held'",
         )
         .bind(&m.key)
@@ -1183,6 +1186,7 @@ impl Tx {
         .bind(millis(now))
         .bind(&m.note)
         .bind(if m.transactional { "transactional" } else { "marketing" })
+        .bind(m.cap.map(|mark| millis(mark.at())))
         .execute(&mut *self.tx)
         .await
         .map_err(query("writing an outbox message"))?;

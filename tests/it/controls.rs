@@ -293,3 +293,136 @@ async fn consent_withdrawn_by_patch_stops_an_already_queued_marketing_email() {
         "consent withdrawn before sending"
     );
 }
+
+/// Pings at 18:00Z and 19:00Z on 2 June and 20:00Z on 3 June under `sms=1/1d`: the second is
+/// held until the first ages out (18:00Z on 3 June), and the third counts the second from
+/// when it went out, not from when it was held, so it waits until 18:00Z on 4 June.
+const CAP_SCRIPT: &str =
+    "2026-06-02T18:00:00Z ping\n2026-06-02T19:00:00Z ping\n2026-06-03T20:00:00Z ping";
+const CAP_SENDS: [&str; 3] = [
+    "2026-06-02T18:00:00Z",
+    "2026-06-03T18:00:00Z",
+    "2026-06-04T18:00:00Z",
+];
+
+#[test]
+fn the_simulator_counts_a_held_sms_against_the_cap_from_when_it_was_sent() {
+    let options = Options {
+        policy: policy("21:00-08:00", &["sms=1/1d"]),
+        ..Options::default()
+    };
+    let sends: Vec<String> = lines(
+        &inline(TEXT_ON_PING),
+        customer(LUCY),
+        events(CAP_SCRIPT),
+        options,
+    )
+    .iter()
+    .filter(|l| l.kind == "send")
+    .map(|l| l.at.to_string())
+    .collect();
+    assert_eq!(sends, CAP_SENDS);
+}
+
+#[tokio::test]
+async fn the_runtime_counts_a_held_sms_against_the_cap_from_when_it_was_sent() {
+    let twilio = TwilioServer::start(0).await;
+    let (app, _wf) = app_with(
+        TEXT_ON_PING,
+        &[
+            "--twilio-base-url",
+            &twilio.base,
+            "--twilio-account-sid",
+            "AC1",
+            "--twilio-auth-token",
+            "t",
+            "--caps",
+            "sms=1/1d",
+        ],
+    )
+    .await;
+    app.clock.set(at("2026-06-02T17:00:00Z"));
+    app.call(
+        "PUT",
+        "/v1/customers/lucy",
+        Some(serde_json::from_str(LUCY).unwrap()),
+    )
+    .await;
+    let pings: Vec<jiff::Timestamp> = CAP_SCRIPT
+        .lines()
+        .map(|l| at(l.split(' ').next().unwrap()))
+        .collect();
+    let mut sent = Vec::new();
+    let end = at("2026-06-05T00:00:00Z");
+    while app.now() < end {
+        if pings.contains(&app.now()) {
+            app.call(
+                "POST",
+                "/v1/events",
+                Some(json!({"customer_id": "lucy", "name": "ping"})),
+            )
+            .await;
+        }
+        app.settle().await;
+        while sent.len() < twilio.received.lock().unwrap().len() {
+            sent.push(app.now().to_string());
+        }
+        app.advance(SignedDuration::from_mins(10));
+    }
+    assert_eq!(sent, CAP_SENDS);
+}
+
+/// A transactional receipt and a marketing promo on the same event, under `email=1/1d`.
+const RECEIPT: &str = "id: a_receipt\nname: Receipt\ncategory: transactional\ntrigger: { event: { name: order_completed } }\nentry: every_time\nstart: mail\nnodes:\n  mail: { send_email: { template: welcome, next: done } }\n  done: exit\n";
+const PROMO: &str = "id: b_promo\nname: Promo\ntrigger: { event: { name: order_completed } }\nentry: every_time\nstart: mail\nnodes:\n  mail: { send_email: { template: welcome, next: done } }\n  done: exit\n";
+
+#[tokio::test]
+async fn a_transactional_send_does_not_count_toward_a_marketing_cap() {
+    let wf_dir = tempfile::tempdir().unwrap();
+    std::fs::write(wf_dir.path().join("a.yaml"), RECEIPT).unwrap();
+    std::fs::write(wf_dir.path().join("b.yaml"), PROMO).unwrap();
+    let app = spawn_app_in(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--workflows",
+            wf_dir.path().to_str().unwrap(),
+            "--caps",
+            "email=1/1d",
+        ],
+    )
+    .await;
+    app.call(
+        "PUT",
+        "/v1/customers/ada",
+        Some(json!({"email": "ada@example.com", "attributes": {"first_name": "Ada"}, "consent": {"email": true}})),
+    )
+    .await;
+    app.call(
+        "POST",
+        "/v1/events",
+        Some(json!({"customer_id": "ada", "name": "order_completed"})),
+    )
+    .await;
+    app.settle().await;
+    let (_, view) = app.call("GET", "/v1/customers/ada", None).await;
+    let mut statuses: Vec<(String, String)> = view["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["workflow_id"].as_str().unwrap().to_owned(),
+                m["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            ("a_receipt".to_owned(), "sent".to_owned()),
+            ("b_promo".to_owned(), "sent".to_owned())
+        ],
+        "the receipt leaves the promo's cap alone: {view}"
+    );
+}

@@ -119,6 +119,7 @@ async fn an_interim_delivery_report_arriving_after_the_final_one_does_not_replac
             },
             note: None,
             transactional: false,
+            cap: None,
         },
         now,
     )

@@ -31,10 +31,16 @@ fn held_until(
         .filter(|(c, _)| *c == request.channel)
         .map(|(_, at)| *at)
         .collect();
-    sends.extend(run.effects.iter().filter_map(|e| match e {
-        Effect::Send(m) if m.channel == request.channel => Some(run.now),
-        _ => None,
-    }));
+    // Sends earlier in this step, counted by the one rule every shell uses.
+    sends.extend(
+        run.effects
+            .iter()
+            .filter_map(|e| {
+                crate::engine::policy::counts_toward_caps(run.workflow.category, e, run.now)
+            })
+            .filter(|mark| mark.channel() == request.channel)
+            .map(crate::engine::policy::CapMark::at),
+    );
     policy
         .cap_allows_at(request.channel, &sends, run.now)
         .map(|at| (at, Suppression::FrequencyCap, policy.cap_mode))
