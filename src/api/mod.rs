@@ -100,13 +100,18 @@ async fn require_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(token) = &state.token {
-        let given = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        // Exactly one `Authorization` header: with two, a proxy in front could check a
+        // different one than this.
+        let mut all = req.headers().get_all(AUTHORIZATION).iter();
+        let given = match (all.next(), all.next()) {
+            (Some(value), None) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default(),
+            _ => "",
+        };
+        if given.is_empty() || !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
             return Err(ApiError::Unauthorized);
         }
     }
