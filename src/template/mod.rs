@@ -20,6 +20,7 @@ use serde_json::Value;
 pub use context::{ROOTS, render_context};
 
 use crate::workflow::Problem;
+use crate::workflow::load::escapes;
 
 /// The folder under `templates/` that holds partials.
 pub const PARTIALS_DIR: &str = "partials";
@@ -180,6 +181,10 @@ impl Templates {
                 .into_iter()
                 .filter(|p| p.extension().is_some_and(|e| e == "hbs"))
             {
+                if let Some(problem) = escapes(dir, &file) {
+                    problems.push(problem);
+                    continue;
+                }
                 let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned)
                 else {
                     continue;
@@ -210,6 +215,10 @@ impl Templates {
         }
 
         for folder in folders.iter().filter(|f| f.as_str() != PARTIALS_DIR) {
+            if let Some(problem) = escapes(dir, &dir.join(folder)) {
+                problems.push(problem);
+                continue;
+            }
             let mut kinds = Kinds::default();
             let present: Vec<&str> = EMAIL_PARTS
                 .into_iter()
@@ -244,6 +253,11 @@ impl Templates {
             };
             for part in parts.iter().copied().chain(has_sms.then_some("sms")) {
                 let file = file_name(dir, folder, part);
+                if let Some(problem) = escapes(dir, &file) {
+                    problems.push(problem);
+                    ok = false;
+                    continue;
+                }
                 let text = match std::fs::read_to_string(&file) {
                     Ok(text) => text,
                     Err(err) => {
