@@ -2367,3 +2367,157 @@ async fn paths_out_of_the_workflows_and_templates_folders_are_refused_with_a_pro
         attacks.len() - unrefused.len()
     );
 }
+
+/// A listener that keeps the raw text of every request it gets and answers 200.
+async fn recording_listener(addr: SocketAddr) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let local = listener.local_addr().unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut len = 0;
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf[len..]))
+                        .await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                    len += n;
+                    let text = String::from_utf8_lossy(&buf[..len]);
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let want = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= want {
+                            break;
+                        }
+                    }
+                }
+                record
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..len]).into_owned());
+                let _ = stream.write_all(OK_REPLY.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (local, seen)
+}
+
+#[tokio::test]
+async fn a_webhook_built_from_customer_data_reaches_no_internal_host_and_injects_no_header() {
+    let (victim, hits) = counting_listener("127.0.0.1:0".parse().unwrap(), OK_REPLY.into())
+        .await
+        .unwrap();
+    let (partner, received) = recording_listener("127.0.0.2:0".parse().unwrap()).await;
+    let fixture = hostile_fixture();
+    std::fs::write(
+        fixture.path().join("workflows/hook.yaml"),
+        "id: hook\nname: Hook\ntrigger:\n  event:\n    name: hook\nentry: every_time\nstart: call\nnodes:\n  call:\n    webhook:\n      url: \"http://{{event.properties.host}}/hook\"\n      headers:\n        X-Name: \"{{event.properties.name}}\"\n      body:\n        name: \"{{event.properties.name}}\"\n      next: done\n  done: exit\n",
+    )
+    .unwrap();
+    let flags = fixture_flags(fixture.path());
+    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    args.extend(["--webhook-allow", "127.0.0.2"]);
+    let app = spawn_app_in(tempfile::tempdir().unwrap(), &args).await;
+    let v = victim.to_string();
+    let hosts = [
+        v.clone(),
+        format!("localhost:{}", victim.port()),
+        format!("[::ffff:127.0.0.1]:{}", victim.port()),
+        format!("2130706433:{}", victim.port()),
+        format!("{partner}@{v}"),
+        format!("{v}#@{partner}"),
+        format!("{v}/x?@{partner}"),
+    ];
+    for (i, host) in hosts.iter().enumerate() {
+        let (status, body) = app
+            .call(
+                "POST",
+                "/v1/events",
+                Some(json!({"customer_id": format!("c{i}"), "name": "hook", "properties": {"host": host, "name": "Vic"}})),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    // The allowlisted partner gets the plain call (also when a backslash, which URLs read as
+    // a slash, puts the victim in the path), and those with a header-breaking name fail at
+    // once: not retried and not split into headers.
+    let backslash = format!("{partner}\\@{v}");
+    for (id, host, name) in [
+        ("ok", partner.to_string(), "Vic"),
+        ("backslash", backslash, "Vic"),
+        ("crlf", partner.to_string(), "Vic\r\nX-Injected: 1"),
+        ("lf", partner.to_string(), "Vic\nX-Injected: 1"),
+    ] {
+        app.call(
+            "POST",
+            "/v1/events",
+            Some(json!({"customer_id": id, "name": "hook", "properties": {"host": host, "name": name}})),
+        )
+        .await;
+    }
+    app.settle().await;
+    let mut outcomes = Vec::new();
+    for id in (0..hosts.len()).map(|i| format!("c{i}")).chain([
+        "ok".into(),
+        "backslash".into(),
+        "crlf".into(),
+        "lf".into(),
+    ]) {
+        let (_, view) = app.call("GET", &format!("/v1/customers/{id}"), None).await;
+        let m = &view["messages"][0];
+        outcomes.push((
+            id,
+            m["status"].as_str().unwrap_or_default().to_owned(),
+            m["last_error"].to_string(),
+        ));
+    }
+    let failed_refused = outcomes
+        .iter()
+        .take(hosts.len())
+        .filter(|(_, status, error)| status == "failed" && error.contains("refused"))
+        .count();
+    assert_eq!(failed_refused, hosts.len(), "{outcomes:#?}");
+    assert_eq!(outcomes[hosts.len()].1, "sent", "{outcomes:#?}");
+    assert_eq!(outcomes[hosts.len() + 1].1, "sent", "{outcomes:#?}");
+    for (id, status, error) in &outcomes[hosts.len() + 2..] {
+        assert_eq!(
+            status, "failed",
+            "{id}: a bad header value is permanent: {error}"
+        );
+    }
+    let requests = received.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert!(
+        requests.iter().all(|r| r.contains("x-name: Vic\r\n")),
+        "{requests:#?}"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.to_ascii_lowercase().contains("\r\nx-injected")),
+        "{requests:#?}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the loopback victim was reached"
+    );
+    println!(
+        "RELIABILITY webhook_from_data: {} attacker-built URLs refused, 0 connections to loopback; 2 partner calls delivered, 2 header-breaking values failed without a retry or an injected header",
+        hosts.len()
+    );
+}
