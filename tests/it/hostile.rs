@@ -56,8 +56,12 @@ impl Rng {
 
 /// Every row of every table, as text: equal snapshots mean nothing was written.
 async fn snapshot(app: &TestApp) -> Vec<String> {
+    snapshot_of(app.service.api.store.pool()).await
+}
+
+/// [`snapshot`] of any SQLite database.
+async fn snapshot_of(pool: &sqlx::SqlitePool) -> Vec<String> {
     use sqlx::Row;
-    let pool = app.service.api.store.pool();
     let tables: Vec<String> = sqlx::query(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
     )
@@ -2519,5 +2523,303 @@ async fn a_webhook_built_from_customer_data_reaches_no_internal_host_and_injects
     println!(
         "RELIABILITY webhook_from_data: {} attacker-built URLs refused, 0 connections to loopback; 2 partner calls delivered, 2 header-breaking values failed without a retry or an injected header",
         hosts.len()
+    );
+}
+
+/// Raw requests a client library would never send, for the real server's HTTP parser.
+fn raw_requests(port: u16) -> Vec<(String, Vec<u8>)> {
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let host = format!("Host: 127.0.0.1:{port}\r\n");
+    let event = r#"{"customer_id":"victim","name":"signup"}"#;
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut add = |label: &str, bytes: Vec<u8>| out.push((label.to_owned(), bytes));
+    add(
+        "giant header",
+        format!(
+            "GET /v1/customers/victim HTTP/1.1\r\n{host}{auth}X-Junk: {}\r\n\r\n",
+            "j".repeat(1_000_000)
+        )
+        .into_bytes(),
+    );
+    add(
+        "many headers",
+        format!(
+            "GET /v1/customers/victim HTTP/1.1\r\n{host}{auth}{}\r\n",
+            "X-A: b\r\n".repeat(200)
+        )
+        .into_bytes(),
+    );
+    add(
+        "giant path",
+        format!(
+            "GET /v1/customers/{} HTTP/1.1\r\n{host}{auth}\r\n",
+            "a".repeat(100_000)
+        )
+        .into_bytes(),
+    );
+    add("no version", b"GET /healthz\r\n\r\n".to_vec());
+    add("HTTP/0.9", b"GET /healthz\r\n".to_vec());
+    add(
+        "HTTP/2 preface",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+    );
+    add(
+        "HTTP/3.0",
+        format!("GET /healthz HTTP/3.0\r\n{host}\r\n").into_bytes(),
+    );
+    add(
+        "lower-case method",
+        format!("get /healthz HTTP/1.1\r\n{host}\r\n").into_bytes(),
+    );
+    add(
+        "NUL in the path",
+        format!("GET /v1/customers/vic\0tim HTTP/1.1\r\n{host}{auth}\r\n").into_bytes(),
+    );
+    add(
+        "space in the path",
+        format!("GET /v1/customers/vic tim HTTP/1.1\r\n{host}{auth}\r\n").into_bytes(),
+    );
+    add(
+        "raw dot segments",
+        format!("GET /v1/customers/../../etc/passwd HTTP/1.1\r\n{host}{auth}\r\n").into_bytes(),
+    );
+    add(
+        "encoded dot segments",
+        format!("GET /v1/customers/..%2f..%2fetc%2fpasswd HTTP/1.1\r\n{host}{auth}\r\n")
+            .into_bytes(),
+    );
+    add(
+        "double-encoded",
+        format!("DELETE /v1/customers/%2576ictim HTTP/1.1\r\n{host}{auth}\r\n").into_bytes(),
+    );
+    add(
+        "invalid UTF-8 in the path",
+        format!("GET /v1/customers/%c0%ae HTTP/1.1\r\n{host}{auth}\r\n").into_bytes(),
+    );
+    add(
+        "raw byte 0xff in the path",
+        [
+            b"GET /v1/customers/\xff HTTP/1.1\r\n".as_slice(),
+            host.as_bytes(),
+            auth.as_bytes(),
+            b"\r\n",
+        ]
+        .concat(),
+    );
+    add(
+        "asterisk form",
+        format!("OPTIONS * HTTP/1.1\r\n{host}\r\n").into_bytes(),
+    );
+    add(
+        "authority form",
+        format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n{host}\r\n").into_bytes(),
+    );
+    add(
+        "header without a colon",
+        format!("GET /healthz HTTP/1.1\r\n{host}Broken header\r\n\r\n").into_bytes(),
+    );
+    add(
+        "space before the colon",
+        format!("GET /healthz HTTP/1.1\r\n{host}X-A : b\r\n\r\n").into_bytes(),
+    );
+    add(
+        "NUL in a header",
+        format!("GET /v1/workflows HTTP/1.1\r\n{host}{auth}X-A: b\0c\r\n\r\n").into_bytes(),
+    );
+    add(
+        "bare LF line ends",
+        format!("GET /healthz HTTP/1.1\n{}\n", host.trim_end()).into_bytes(),
+    );
+    add(
+        "obsolete folding",
+        format!("GET /v1/workflows HTTP/1.1\r\n{host}Authorization: Bearer\r\n {TOKEN}\r\n\r\n")
+            .into_bytes(),
+    );
+    add(
+        "negative Content-Length",
+        format!("POST /v1/events HTTP/1.1\r\n{host}{auth}Content-Length: -1\r\n\r\n{event}")
+            .into_bytes(),
+    );
+    add("huge Content-Length", format!("POST /v1/events HTTP/1.1\r\n{host}{auth}Content-Length: 99999999999999999999\r\n\r\n{event}").into_bytes());
+    add("two Content-Lengths", format!("POST /v1/events HTTP/1.1\r\n{host}{auth}Content-Length: 5\r\nContent-Length: {}\r\n\r\n{event}", event.len()).into_bytes());
+    add("Content-Length and chunked", format!("POST /v1/events HTTP/1.1\r\n{host}{auth}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST /v1/events HTTP/1.1\r\n{host}{auth}Content-Length: {}\r\n\r\n{event}", event.len()).into_bytes());
+    add("bad chunk size", format!("POST /v1/events HTTP/1.1\r\n{host}{auth}Transfer-Encoding: chunked\r\n\r\nzz\r\n{event}\r\n0\r\n\r\n").into_bytes());
+    add(
+        "chunked, obfuscated",
+        format!(
+            "POST /v1/events HTTP/1.1\r\n{host}{auth}Transfer-Encoding: xchunked\r\n\r\n{event}"
+        )
+        .into_bytes(),
+    );
+    add("body shorter than Content-Length", format!("POST /v1/events HTTP/1.1\r\n{host}{auth}Content-Length: 1000\r\nConnection: close\r\n\r\n{event}").into_bytes());
+    add("giant chunked body", {
+        let mut b = format!(
+            "POST /v1/events/batch HTTP/1.1\r\n{host}{auth}Transfer-Encoding: chunked\r\n\r\n"
+        )
+        .into_bytes();
+        for _ in 0..40 {
+            b.extend_from_slice(format!("8000\r\n{}\r\n", "[".repeat(0x8000)).as_bytes());
+        }
+        b.extend_from_slice(b"0\r\n\r\n");
+        b
+    });
+    add("expect 100-continue over the limit", format!("POST /v1/events/batch HTTP/1.1\r\n{host}{auth}Expect: 100-continue\r\nContent-Length: 50000000\r\n\r\n").into_bytes());
+    add(
+        "unknown method with a body",
+        format!(
+            "BREW /v1/events HTTP/1.1\r\n{host}{auth}Content-Length: {}\r\n\r\n{event}",
+            event.len()
+        )
+        .into_bytes(),
+    );
+    add("absolute form elsewhere", format!("POST http://evil.example/v1/events HTTP/1.1\r\nHost: evil.example\r\n{auth}Content-Length: 5\r\n\r\n{{bad}}").into_bytes());
+    add(
+        "TRACE",
+        format!("TRACE /v1/customers/victim HTTP/1.1\r\n{host}{auth}\r\n").into_bytes(),
+    );
+    add(
+        "garbage",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+    );
+    add("empty lines only", b"\r\n\r\n\r\n\r\n".to_vec());
+    out
+}
+
+/// Reads one HTTP response (after any `100 Continue`): until its `Content-Length` is in,
+/// the server closes, or 5 s pass. When the server still waits for more of the request
+/// after 300 ms, the client hangs up its side, as a client that gave up would.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut reply = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut hung_up = false;
+    loop {
+        let wait = if hung_up {
+            deadline
+        } else {
+            (tokio::time::Instant::now() + Duration::from_millis(300)).min(deadline)
+        };
+        let n = match tokio::time::timeout_at(wait, stream.read(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Err(_) if !hung_up => {
+                let _ = stream.shutdown().await;
+                hung_up = true;
+                continue;
+            }
+            _ => break,
+        };
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        let text = text
+            .strip_prefix("HTTP/1.1 100 Continue\r\n\r\n")
+            .unwrap_or(&text);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            });
+            if length.is_some_and(|n| body.len() >= n) {
+                break;
+            }
+        }
+    }
+    reply
+}
+
+#[tokio::test]
+async fn the_real_server_answers_raw_malformed_http_with_a_4xx_and_writes_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let fixture = hostile_fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let db = dir.path().join("raw.db");
+    let mut args = vec![
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--api-token".into(),
+        TOKEN.into(),
+        "--database-url".into(),
+        format!("sqlite://{}", db.display()),
+        "--outbox".into(),
+        dir.path().join("outbox").display().to_string(),
+    ];
+    args.extend(fixture_flags(fixture.path()));
+    let mut server = TracedServer::spawn(dir.path(), port, &args);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    assert!(server.wait_healthy(&client).await);
+    let base = format!("http://127.0.0.1:{port}");
+    let put = client
+        .put(format!("{base}/v1/customers/victim"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"email": VICTIM_EMAIL, "consent": {"email": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    // Let the scheduler take the profile event before the snapshot.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
+        .await
+        .unwrap();
+    let before = snapshot_of(&pool).await;
+    let requests = raw_requests(port);
+    let rounds = size(5, 50);
+    let mut wrong = Vec::new();
+    let (mut answered, mut closed, mut json_bodies, mut bare) = (0, 0, 0, Vec::new());
+    let mut closed_labels: Vec<String> = Vec::new();
+    for _ in 0..rounds {
+        for (label, bytes) in &requests {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let _ = stream.write_all(bytes).await;
+            // The write side stays open: hyper drops a response when the client half-closes.
+            let reply = read_response(&mut stream).await;
+            let text = String::from_utf8_lossy(&reply);
+            // An interim `100 Continue` comes before the answer.
+            let text = text
+                .strip_prefix("HTTP/1.1 100 Continue\r\n\r\n")
+                .unwrap_or(&text);
+            let Some(status) = text.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()) else {
+                // The parser gave up without an answer (a TLS hello, a body cut short).
+                closed += 1;
+                if !closed_labels.contains(label) {
+                    closed_labels.push(label.clone());
+                }
+                continue;
+            };
+            answered += 1;
+            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            if !(400..500).contains(&status) {
+                wrong.push(format!("{label}: {}", &text[..text.len().min(300)]));
+            } else if is_problem_body(body.as_bytes()) {
+                json_bodies += 1;
+            } else if body.is_empty() && !bare.iter().any(|(l, _)| l == label) {
+                bare.push((label.clone(), status));
+            } else if !body.is_empty() {
+                wrong.push(format!(
+                    "{label}: a 4xx with a body that is not a problem: {}",
+                    &text[..text.len().min(300)]
+                ));
+            }
+        }
+    }
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "the server is still up");
+    let after = snapshot_of(&pool).await;
+    let _ = server.stop();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(before, after, "a malformed request wrote to the database");
+    println!(
+        "RELIABILITY raw_http: {} raw malformed requests to the real server, {answered} answered 4xx ({json_bodies} with a JSON problem, the rest by the HTTP parser without a body: {bare:?}), {closed} closed unanswered ({closed_labels:?}), 0 5xx, 0 rows changed, still healthy",
+        requests.len() * rounds
     );
 }
