@@ -1680,14 +1680,22 @@ async fn customer_data_is_escaped_in_html_literal_elsewhere_and_never_a_header()
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let (status, body) = app
-        .call(
-            "POST",
-            "/v1/events",
-            Some(json!({"customer_id": "victim", "name": "ping", "properties": {"note": PAYLOAD}})),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
+    // The event comes with a forged Host and forwarding headers: links must still use the
+    // configured public URL.
+    let event = json!({"customer_id": "victim", "name": "ping", "properties": {"note": PAYLOAD}});
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/events")
+        .header("host", "evil.example")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "http")
+        .header("forwarded", "host=evil.example;proto=http")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::from(event.to_string()))
+        .unwrap();
+    let (status, _, body) = send(&app, request).await;
+    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
     let (_, drained) = app.settle().await;
     assert_eq!(drained.sent, 2, "{drained:?}");
 
@@ -1707,6 +1715,14 @@ async fn customer_data_is_escaped_in_html_literal_elsewhere_and_never_a_header()
     assert_eq!(count("to"), 1);
     assert_eq!(value("to"), "victim@example.com");
     assert_eq!(value("from"), "Acme <news@acme.test>");
+    assert!(
+        value("list-unsubscribe").starts_with("<https://trellis.test/unsubscribe/"),
+        "{headers:#?}"
+    );
+    assert!(
+        !mails[0].contains("evil.example/"),
+        "a forged Host reached a link"
+    );
     let flat: Vec<&str> = PAYLOAD.split_whitespace().collect();
     assert_eq!(
         value("subject"),
@@ -1779,7 +1795,7 @@ async fn customer_data_is_escaped_in_html_literal_elsewhere_and_never_a_header()
         .collect();
     assert_eq!(to, ["+14155550123"]);
     println!(
-        "RELIABILITY injection: {refused_addresses} smuggling addresses refused; 1 email with 1 Subject, 0 Bcc/Cc, To only the customer, HTML escaped, text and SMS literal"
+        "RELIABILITY injection: {refused_addresses} smuggling addresses refused; 1 email with 1 Subject, 0 Bcc/Cc, To only the customer, HTML escaped, text and SMS literal, links on the public URL despite a forged Host"
     );
 }
 
