@@ -65,10 +65,7 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let (Some(value), None) = (all.next(), all.next()) else {
         return None;
     };
-    let encoded = value
-        .to_str()
-        .ok()?
-        .strip_prefix("Basic ")?;
+    let encoded = value.to_str().ok()?.strip_prefix("Basic ")?;
     let decoded = decode_base64(encoded.trim())?;
     let text = String::from_utf8(decoded).ok()?;
     text.split_once(':')

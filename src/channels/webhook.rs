@@ -95,9 +95,8 @@ pub struct SystemResolver;
 impl Resolve for SystemResolver {
     fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
             Ok(Box::new(found.into_iter()) as Addrs)
         })
     }
@@ -192,8 +191,7 @@ impl WebhookChannel {
         // `localhost` and its subdomains are loopback by definition (RFC 6761), whatever a
         // resolver says; with or without the trailing dot.
         let name = host.trim_end_matches('.').to_ascii_lowercase();
-        if (name == "localhost" || name.ends_with(".localhost")) && !self.allow.allows_host(host)
-        {
+        if (name == "localhost" || name.ends_with(".localhost")) && !self.allow.allows_host(host) {
             return Err(DeliveryError::permanent(format!(
                 "refused: {host} is loopback (allowlist it to call it)"
             )));
