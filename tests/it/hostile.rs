@@ -2035,6 +2035,43 @@ async fn drive(client: &reqwest::Client, port: u16, token: &str) -> Vec<(String,
     seen
 }
 
+/// An SMTP server (aiosmtpd) that offers `AUTH` without TLS and refuses every login with
+/// 535; returns the child and its port.
+fn smtp_refusing_auth() -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    const SCRIPT: &str = r#"
+import socket, threading
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+def refuse(server, session, envelope, mechanism, auth_data):
+    return AuthResult(success=False, handled=False)
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+c = Controller(Handler(), hostname="127.0.0.1", port=port, authenticator=refuse, auth_require_tls=False)
+c.start()
+print(f"ready {port}", flush=True)
+threading.Event().wait()
+"#;
+    let python = std::env::var("TRELLIS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = std::process::Command::new(python)
+        .args(["-c", SCRIPT])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs (./test.sh installs aiosmtpd)");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the refusing SMTP server did not start: {line:?}"));
+    (child, port)
+}
+
 #[tokio::test]
 async fn no_secret_shows_in_output_responses_errors_or_trace_logs() {
     let fixture = hostile_fixture();
@@ -2109,6 +2146,10 @@ async fn no_secret_shows_in_output_responses_errors_or_trace_logs() {
     places += 1;
     found.extend(canaries_in("down servers, trace log", &log));
     assert!(
+        log.contains("Delivery failed"),
+        "the failed deliveries were logged: {log}"
+    );
+    assert!(
         log.contains("TRACE") || log.contains("trace"),
         "the log is at trace level"
     );
@@ -2150,6 +2191,34 @@ async fn no_secret_shows_in_output_responses_errors_or_trace_logs() {
     places += 1;
     assert!(log.contains("TRELLIS_SMTP_URL"), "{log}");
     found.extend(canaries_in("refused start, stderr", &log));
+
+    // 3b. A server that offers AUTH and refuses the credentials (535).
+    let (mut refusing, refusing_port) = smtp_refusing_auth();
+    let port = free_port();
+    let mut args = common(port, "d.db");
+    args.extend([
+        "--smtp-url".into(),
+        format!(
+            "smtp://mailer:{}@127.0.0.1:{refusing_port}",
+            canary("SMTP password")
+        ),
+    ]);
+    let mut server = TracedServer::spawn(dir.path(), port, &args);
+    let started = server.wait_healthy(&client).await;
+    let log = server.stop();
+    let _ = refusing.kill();
+    let _ = refusing.wait();
+    log_bytes += log.len();
+    places += 1;
+    assert!(
+        !started,
+        "serve refuses credentials the server refuses: {log}"
+    );
+    assert!(
+        log.contains("535") || log.to_lowercase().contains("credentials"),
+        "{log}"
+    );
+    found.extend(canaries_in("SMTP AUTH refused, stderr", &log));
 
     // 4. Template output, in process: a delivered email and SMS with every secret set.
     let twilio = TwilioServer::start(0).await;
