@@ -110,8 +110,11 @@ fn reason(err: &handlebars::RenderError) -> String {
 pub struct Templates {
     /// Escapes HTML: used for `html.hbs`.
     html: Handlebars<'static>,
-    /// Escapes nothing: subjects, text, SMS and webhook strings.
+    /// Escapes nothing: subjects, text, SMS and webhook headers and bodies.
     plain: Handlebars<'static>,
+    /// Percent-encodes every value: webhook URLs, so data cannot add a query parameter,
+    /// a path step or a fragment (`{{{x}}}` puts a value in as it is).
+    url: Handlebars<'static>,
     kinds: BTreeMap<String, Kinds>,
     dir: PathBuf,
 }
@@ -135,6 +138,21 @@ fn registry(escape: bool) -> Handlebars<'static> {
     hb
 }
 
+/// Everything but RFC 3986's unreserved characters, percent-encoded.
+const URL_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn url_registry() -> Handlebars<'static> {
+    let mut hb = registry(false);
+    hb.register_escape_fn(|value| {
+        percent_encoding::utf8_percent_encode(value, URL_VALUE).to_string()
+    });
+    hb
+}
+
 fn file_name(dir: &Path, folder: &str, part: &str) -> PathBuf {
     dir.join(folder).join(format!("{part}.hbs"))
 }
@@ -147,6 +165,7 @@ impl Templates {
         let mut set = Templates {
             html: registry(true),
             plain: registry(false),
+            url: url_registry(),
             kinds: BTreeMap::new(),
             dir: dir.to_owned(),
         };
@@ -207,7 +226,8 @@ impl Templates {
             let compiled = set
                 .html
                 .register_partial(name, text.as_str())
-                .and_then(|()| set.plain.register_partial(name, text.as_str()));
+                .and_then(|()| set.plain.register_partial(name, text.as_str()))
+                .and_then(|()| set.url.register_partial(name, text.as_str()));
             match compiled {
                 Ok(()) => sources.push((file.clone(), text.clone(), true)),
                 Err(err) => problems.push(check::compile_problem(file, &err)),
@@ -384,6 +404,18 @@ impl Templates {
     /// A compile or render failure.
     pub fn render_inline(&self, template: &str, context: &Value) -> Result<String, RenderError> {
         self.plain
+            .render_template(template, context)
+            .map_err(|source| self.located(None, source))
+    }
+
+    /// Renders a webhook URL: like [`Templates::render_inline`], but every `{{value}}` is
+    /// percent-encoded, so data such as `a&admin=1` or `../x` stays one value; `{{{value}}}`
+    /// puts a value in as it is (a whole URL from an event, say).
+    ///
+    /// # Errors
+    /// A compile or render failure.
+    pub fn render_url(&self, template: &str, context: &Value) -> Result<String, RenderError> {
+        self.url
             .render_template(template, context)
             .map_err(|source| self.located(None, source))
     }
