@@ -2514,7 +2514,7 @@ async fn a_webhook_built_from_customer_data_reaches_no_internal_host_and_injects
     let fixture = hostile_fixture();
     std::fs::write(
         fixture.path().join("workflows/hook.yaml"),
-        "id: hook\nname: Hook\ntrigger:\n  event:\n    name: hook\nentry: every_time\nstart: call\nnodes:\n  call:\n    webhook:\n      url: \"http://{{event.properties.host}}/hook\"\n      headers:\n        X-Name: \"{{event.properties.name}}\"\n      body:\n        name: \"{{event.properties.name}}\"\n      next: done\n  done: exit\n",
+        "id: hook\nname: Hook\ntrigger:\n  event:\n    name: hook\nentry: every_time\nstart: call\nnodes:\n  call:\n    webhook:\n      url: \"http://{{{event.properties.host}}}/hook?name={{event.properties.name}}\"\n      headers:\n        X-Name: \"{{event.properties.name}}\"\n      body:\n        name: \"{{event.properties.name}}\"\n      next: done\n  done: exit\n",
     )
     .unwrap();
     let flags = fixture_flags(fixture.path());
@@ -2548,6 +2548,7 @@ async fn a_webhook_built_from_customer_data_reaches_no_internal_host_and_injects
     for (id, host, name) in [
         ("ok", partner.to_string(), "Vic"),
         ("backslash", backslash, "Vic"),
+        ("query", partner.to_string(), "Vic&admin=1#x/../y"),
         ("crlf", partner.to_string(), "Vic\r\nX-Injected: 1"),
         ("lf", partner.to_string(), "Vic\nX-Injected: 1"),
     ] {
@@ -2563,6 +2564,7 @@ async fn a_webhook_built_from_customer_data_reaches_no_internal_host_and_injects
     for id in (0..hosts.len()).map(|i| format!("c{i}")).chain([
         "ok".into(),
         "backslash".into(),
+        "query".into(),
         "crlf".into(),
         "lf".into(),
     ]) {
@@ -2582,17 +2584,31 @@ async fn a_webhook_built_from_customer_data_reaches_no_internal_host_and_injects
     assert_eq!(failed_refused, hosts.len(), "{outcomes:#?}");
     assert_eq!(outcomes[hosts.len()].1, "sent", "{outcomes:#?}");
     assert_eq!(outcomes[hosts.len() + 1].1, "sent", "{outcomes:#?}");
-    for (id, status, error) in &outcomes[hosts.len() + 2..] {
+    assert_eq!(outcomes[hosts.len() + 2].1, "sent", "{outcomes:#?}");
+    for (id, status, error) in &outcomes[hosts.len() + 3..] {
         assert_eq!(
             status, "failed",
             "{id}: a bad header value is permanent: {error}"
         );
     }
     let requests = received.lock().unwrap().clone();
-    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(requests.len(), 3, "{requests:#?}");
+    let lines: Vec<&str> = requests
+        .iter()
+        .map(|r| r.lines().next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.ends_with("/hook?name=Vic HTTP/1.1"))
+            .count(),
+        2,
+        "{lines:#?}"
+    );
+    // Data in the URL stays one value: no extra parameter, fragment or path step.
     assert!(
-        requests.iter().all(|r| r.contains("x-name: Vic\r\n")),
-        "{requests:#?}"
+        lines.contains(&"POST /hook?name=Vic%26admin%3D1%23x%2F..%2Fy HTTP/1.1"),
+        "{lines:#?}"
     );
     assert!(
         !requests
@@ -2606,7 +2622,7 @@ async fn a_webhook_built_from_customer_data_reaches_no_internal_host_and_injects
         "the loopback victim was reached"
     );
     println!(
-        "RELIABILITY webhook_from_data: {} attacker-built URLs refused, 0 connections to loopback; 2 partner calls delivered, 2 header-breaking values failed without a retry or an injected header",
+        "RELIABILITY webhook_from_data: {} attacker-built URLs refused, 0 connections to loopback; 3 partner calls delivered (data in the URL percent-encoded), 2 header-breaking values failed without a retry or an injected header",
         hosts.len()
     );
 }
