@@ -367,6 +367,35 @@ async fn the_token_and_every_route_own_credentials_refuse_every_wrong_way_of_giv
         }
     }
 
+    // Other methods on the same paths, without the token: HEAD (GET's twin), OPTIONS, TRACE
+    // and an unknown one say 401 too, not which methods exist.
+    for route in &token_routes {
+        let (path, _) = concrete(route);
+        let methods: &[&str] = if route.verb == Verb::Get {
+            &["HEAD", "OPTIONS", "TRACE", "BREW"]
+        } else {
+            &["OPTIONS", "TRACE", "BREW"]
+        };
+        for m in methods {
+            let request = Request::builder()
+                .method(*m)
+                .uri(&path)
+                .body(Body::empty())
+                .unwrap();
+            let (status, _, bytes) = send(&app, request).await;
+            let label = format!("{m} {path} without a token");
+            if *m == "HEAD" {
+                if status == StatusCode::UNAUTHORIZED {
+                    refused += 1;
+                } else {
+                    let_in.push(format!("{label}: {status}"));
+                }
+            } else {
+                check(label, status, &bytes, &mut refused, &mut leaks, &mut let_in);
+            }
+        }
+    }
+
     // The inbound SMS webhook takes Basic credentials: user `twilio`, the token as password.
     let stop = format!("From={}&Body=STOP", VICTIM_PHONE.replace('+', "%2B"));
     let basic = |text: String| Some(format!("Basic {}", base64(text.as_bytes())));
@@ -500,7 +529,7 @@ async fn the_token_and_every_route_own_credentials_refuse_every_wrong_way_of_giv
     assert!(leaks.is_empty(), "leaked:\n{}", leaks.join("\n"));
     assert_eq!(before, after, "a refused request wrote to the database");
     println!(
-        "RELIABILITY auth_matrix: {} of {attempts} refused ({} token routes x {} ways, {} forged Basic, DLR and query credentials, {} forged unsubscribe links), 0 let in, 0 leaks, 0 rows changed",
+        "RELIABILITY auth_matrix: {} of {attempts} refused ({} token routes x {} ways, plus other methods, forged Basic, DLR and query credentials: {}; {} forged unsubscribe links), 0 let in, 0 leaks, 0 rows changed",
         refused + pages,
         token_routes.len(),
         wrong_credentials().len(),
