@@ -122,6 +122,7 @@ const VICTIM_EMAIL: &str = "victim-canary@example.com";
 const VICTIM_PHONE: &str = "+14155550123";
 const VICTIM_SECRET: &str = "SSN-778-99-0000";
 
+/// A fresh app with `extra` flags and the victim customer in it.
 async fn app_with_victim(extra: &[&str]) -> TestApp {
     let app = spawn_app_in(tempfile::tempdir().unwrap(), extra).await;
     let (status, _) = app
@@ -160,6 +161,7 @@ fn concrete(route: &Route) -> (String, Option<Value>) {
     (path, body)
 }
 
+/// The HTTP method of a verb.
 fn method(verb: Verb) -> &'static str {
     match verb {
         Verb::Get => "GET",
@@ -170,6 +172,7 @@ fn method(verb: Verb) -> &'static str {
     }
 }
 
+/// Standard base64 with padding, for Basic credentials.
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
@@ -196,6 +199,7 @@ fn base64(bytes: &[u8]) -> String {
 /// A way of giving credentials: `(label, extra headers, query string)`.
 type Credentials = (&'static str, Vec<(&'static str, String)>, String);
 
+/// Every way of (almost) giving the token that must be refused.
 fn wrong_credentials() -> Vec<Credentials> {
     let q = |name: &str| format!("?{name}={TOKEN}");
     let h = |value: String| vec![("authorization", value)];
@@ -801,6 +805,7 @@ struct Malformed {
     token: bool,
 }
 
+/// One malformed request of any kind, spread over the routes.
 fn malformed(rng: &mut Rng) -> Malformed {
     let content_types = [
         "application/json",
@@ -1295,6 +1300,7 @@ async fn counting_listener(
     Some((local, count))
 }
 
+/// A plain 200 that closes the connection, so every call makes a new one.
 const OK_REPLY: &str = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// A resolver an attacker controls: it answers `answers` in turn, one per lookup.
@@ -1314,6 +1320,7 @@ impl reqwest::dns::Resolve for Rebinding {
     }
 }
 
+/// Whether a call was refused by the policy (or the URL), before any connection.
 fn refused_up_front(result: &Result<trellis::channels::Delivered, DeliveryError>) -> bool {
     matches!(result, Err(DeliveryError::Permanent { reason }) if reason.contains("refused") || reason.contains("scheme") || reason.contains("invalid"))
 }
@@ -1547,6 +1554,7 @@ fn hostile_fixture() -> tempfile::TempDir {
     dir
 }
 
+/// The flags that point the app at a fixture's workflows and templates.
 fn fixture_flags(fixture: &Path) -> [String; 4] {
     [
         "--workflows".into(),
@@ -1556,6 +1564,7 @@ fn fixture_flags(fixture: &Path) -> [String; 4] {
     ]
 }
 
+/// Base64 decoded, skipping line breaks and padding.
 fn decode_base64(text: &str) -> Vec<u8> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let (mut bits, mut n, mut out) = (0u32, 0, Vec::new());
@@ -1573,6 +1582,7 @@ fn decode_base64(text: &str) -> Vec<u8> {
     out
 }
 
+/// Quoted-printable decoded, soft line breaks joined.
 fn decode_quoted_printable(text: &str) -> String {
     let text = text.replace("=\r\n", "").replace("=\n", "");
     let bytes = text.as_bytes();
@@ -1859,6 +1869,7 @@ const CANARIES: [(&str, &str); 5] = [
     ("secret key", "CANARYsecretKEY45454545"),
 ];
 
+/// The canary value of the secret called `name`.
 fn canary(name: &str) -> &'static str {
     CANARIES.iter().find(|(n, _)| *n == name).unwrap().1
 }
@@ -1872,6 +1883,7 @@ fn canaries_in(place: &str, text: &str) -> Vec<String> {
         .collect()
 }
 
+/// A loopback port nothing listens on (now).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
