@@ -1760,6 +1760,31 @@ async fn customer_data_is_escaped_in_html_literal_elsewhere_and_never_a_header()
     let (_, drained) = app.settle().await;
     assert_eq!(drained.sent, 2, "{drained:?}");
 
+    // SQL in data stays data: stored and shown verbatim, every table still there.
+    let sql = "x'); DROP TABLE customers; --";
+    let (status, body) = app
+        .call(
+            "PATCH",
+            "/v1/customers/victim",
+            Some(json!({"attributes": {"sql": "' OR '1'='1", "name": PAYLOAD}, "add_tags": [sql]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/events",
+            Some(json!({"customer_id": "victim", "name": sql})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (_, view) = app.call("GET", "/v1/customers/victim", None).await;
+    assert_eq!(view["customer"]["attributes"]["sql"], "' OR '1'='1");
+    assert_eq!(view["customer"]["tags"][0], sql);
+    assert_eq!(view["recent_events"][0]["name"], sql);
+    let (status, _) = app.call("GET", "/v1/customers/nobody-else", None).await;
+    assert_eq!(status, 404, "the customers table still answers");
+
     let mails = smtp.messages();
     assert_eq!(mails.len(), 1);
     let (headers, body) = parse_message(&mails[0]);
@@ -1856,7 +1881,7 @@ async fn customer_data_is_escaped_in_html_literal_elsewhere_and_never_a_header()
         .collect();
     assert_eq!(to, ["+14155550123"]);
     println!(
-        "RELIABILITY injection: {refused_addresses} smuggling addresses refused; 1 email with 1 Subject, 0 Bcc/Cc, To only the customer, HTML escaped, text and SMS literal, links on the public URL despite a forged Host"
+        "RELIABILITY injection: {refused_addresses} smuggling addresses refused; 1 email with 1 Subject, 0 Bcc/Cc, To only the customer, HTML escaped, text and SMS literal, links on the public URL despite a forged Host, SQL in data stored verbatim"
     );
 }
 
