@@ -434,7 +434,7 @@ impl Sim<'_> {
                 json!({"channel": channel.as_str(), "reason": reason.to_string()}),
             ),
             Effect::CallWebhook(call) => {
-                let url = self.templates.render_inline(&call.url, &context());
+                let url = self.templates.render_url(&call.url, &context());
                 match url {
                     Ok(url) => Line::new(
                         now,

@@ -74,7 +74,13 @@ pub fn verify(key: &[u8], token: &str) -> Option<(CustomerId, Channel)> {
         "sms" => Channel::Sms,
         _ => return None,
     };
-    let customer = hex_decode(parts.next()?)?;
+    let hex = parts.next()?;
+    let customer = hex_decode(hex)?;
+    // Only the token issued: hex in another case decodes to the same customer, but it is
+    // a different string, and a tampered one.
+    if hex_encode(&customer) != hex {
+        return None;
+    }
     let signature = parts.next()?;
     if parts.next().is_some() {
         return None;
@@ -113,5 +119,9 @@ mod tests {
         assert_eq!(verify(key, &forged), None);
         assert_eq!(verify(key, &token.replacen("email", "sms", 1)), None);
         assert_eq!(verify(key, "garbage"), None);
+        // "z" is hex 7a; 7A decodes to the same customer but is not the token issued.
+        let z = sign(key, &CustomerId::parse("z").unwrap(), Channel::Email);
+        assert!(verify(key, &z).is_some());
+        assert_eq!(verify(key, &z.replace(".7a.", ".7A.")), None);
     }
 }

@@ -59,12 +59,13 @@ pub fn keyword(body: &str) -> Keyword {
 const WEBHOOK_USER: &str = "twilio";
 
 /// The Basic credentials of a request: `(user, password)`.
+/// `None` unless there is exactly one `Authorization` header.
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let encoded = headers
-        .get(AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Basic ")?;
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    let (Some(value), None) = (all.next(), all.next()) else {
+        return None;
+    };
+    let encoded = value.to_str().ok()?.strip_prefix("Basic ")?;
     let decoded = decode_base64(encoded.trim())?;
     let text = String::from_utf8(decoded).ok()?;
     text.split_once(':')
@@ -289,6 +290,10 @@ mod tests {
         assert!(!basic_auth_ok(&headers, "secreT"));
         // "other:secret": the right password under another user name.
         headers.insert(AUTHORIZATION, "Basic b3RoZXI6c2VjcmV0".parse().unwrap());
+        assert!(!basic_auth_ok(&headers, "secret"));
+        // Two headers, the right one among them: ambiguous, so refused.
+        headers.insert(AUTHORIZATION, "Basic dHdpbGlvOnNlY3JldA==".parse().unwrap());
+        headers.append(AUTHORIZATION, "Basic b3RoZXI6c2VjcmV0".parse().unwrap());
         assert!(!basic_auth_ok(&headers, "secret"));
         assert_eq!(
             url_decode_form(b"From=%2B14155550101&Body=Stop+it"),

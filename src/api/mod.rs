@@ -19,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
@@ -71,6 +71,22 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(
             move |mut req: Request, next: Next| async move {
+                // A declared length over the limit is refused before anything is read, and
+                // before hyper tells an `Expect: 100-continue` client to send it all.
+                let declared = req
+                    .headers()
+                    .get(axum::http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if declared.is_some_and(|n| n > limit as u64) {
+                    // The body is left unread, so the connection cannot carry another request.
+                    let mut response = ApiError::BodyTooLarge(limit).into_response();
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                    return response;
+                }
                 req.extensions_mut().insert(BodyLimit(limit));
                 next.run(req).await
             },
@@ -100,13 +116,18 @@ async fn require_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(token) = &state.token {
-        let given = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        // Exactly one `Authorization` header: with two, a proxy in front could check a
+        // different one than this.
+        let mut all = req.headers().get_all(AUTHORIZATION).iter();
+        let given = match (all.next(), all.next()) {
+            (Some(value), None) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default(),
+            _ => "",
+        };
+        if given.is_empty() || !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
             return Err(ApiError::Unauthorized);
         }
     }

@@ -3,7 +3,7 @@
 //! HMAC-signed, so no lookup is needed to trust them; a tampered token is refused.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, StatusCode, header};
 use axum::response::Html;
 
 use super::extract::Path;
@@ -11,12 +11,28 @@ use super::{ApiError, AppState};
 use crate::model::Channel;
 use crate::unsubscribe::verify;
 
-fn page(title: &str, body: &str) -> Html<String> {
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+/// A page with the headers that keep it to itself: not framed (a hidden button on another
+/// site), not cached, no referrer (the URL holds the token), nothing but its own styles.
+type Page = ([(HeaderName, &'static str); 4], Html<String>);
+
+fn page(title: &str, body: &str) -> Page {
+    let headers = [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    (
+        headers,
+        Html(format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
          <title>{title}</title></head><body style=\"font-family:sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem\">\
          <h1 style=\"font-size:1.4rem\">{title}</h1>{body}</body></html>"
-    ))
+        )),
+    )
 }
 
 fn channel_words(channel: Channel) -> &'static str {
@@ -30,7 +46,7 @@ fn channel_words(channel: Channel) -> &'static str {
 pub(super) async fn confirm(
     State(state): State<AppState>,
     Path(token): Path<String>,
-) -> (StatusCode, Html<String>) {
+) -> (StatusCode, Page) {
     match verify(&state.unsubscribe_key, &token) {
         Some((_, channel)) => (
             StatusCode::OK,
@@ -58,7 +74,7 @@ pub(super) async fn confirm(
 pub(super) async fn unsubscribe(
     State(state): State<AppState>,
     Path(token): Path<String>,
-) -> Result<(StatusCode, Html<String>), ApiError> {
+) -> Result<(StatusCode, Page), ApiError> {
     let Some((customer_id, channel)) = verify(&state.unsubscribe_key, &token) else {
         return Ok((
             StatusCode::BAD_REQUEST,

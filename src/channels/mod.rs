@@ -205,13 +205,32 @@ pub fn http_outcome(
 
 /// Maps a reqwest error that came before any response.
 pub fn http_error(err: &reqwest::Error, what: &str) -> DeliveryError {
+    let reason = format!("{what}: {}", crate::scheduler::error_chain(err));
+    if err.is_builder() {
+        // The request itself cannot be made (a header value with a line break, a bad
+        // URL): it never will be, so retrying is pointless.
+        return DeliveryError::permanent(reason);
+    }
     // Connection refused, reset, timed out: the provider may be back soon.
-    DeliveryError::transient(format!("{what}: {}", crate::scheduler::error_chain(err)))
+    DeliveryError::transient(reason)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_that_cannot_be_built_is_a_permanent_failure() {
+        let err = reqwest::Client::new()
+            .get("http://example.com/")
+            .header("x-name", "Vic\r\nX-Injected: 1")
+            .build()
+            .unwrap_err();
+        assert!(matches!(
+            http_error(&err, "the webhook"),
+            DeliveryError::Permanent { .. }
+        ));
+    }
 
     #[test]
     fn http_statuses_map_to_success_retry_or_give_up() {

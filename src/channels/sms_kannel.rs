@@ -105,7 +105,8 @@ impl KannelChannel {
             .query(&query)
             .send()
             .await
-            .map_err(|e| http_error(&e, "the Kannel gateway"))?;
+            // The URL carries the password in its query: never into an error or a log.
+            .map_err(|e| http_error(&e.without_url(), "the Kannel gateway"))?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         http_outcome(status, None, "the Kannel gateway").map_err(|e| match e {
@@ -117,5 +118,31 @@ impl KannelChannel {
         Ok(Delivered {
             provider_id: Some(text.trim().chars().take(100).collect()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_gateway_that_is_down_gives_an_error_without_the_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let channel = KannelChannel::new(
+            &format!("http://127.0.0.1:{port}"),
+            "trellis",
+            Secret::new("pw-canary-123"),
+            "+15005550006",
+            "https://trellis.test",
+            Secret::new("key"),
+        )
+        .unwrap();
+        let err = channel.send("k1", "+14155550101", "hi").await.unwrap_err();
+        assert!(matches!(err, DeliveryError::Transient { .. }), "{err}");
+        assert!(!err.to_string().contains("pw-canary-123"), "{err}");
     }
 }

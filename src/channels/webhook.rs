@@ -46,6 +46,8 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || v6.is_multicast()
                 // IPv4-compatible ::/96 (deprecated; some stacks still route it to IPv4)
                 || seg[..6] == [0; 6]
+                // IPv4-translated ::ffff:0:0/96 (SIIT), which translators turn into IPv4
+                || seg[..6] == [0, 0, 0, 0, 0xffff, 0]
                 // NAT64 64:ff9b::/96 reaches the embedded IPv4 address
                 || (seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && embedded_v4(seg[6], seg[7]))
                 || (first == 0x64 && seg[1] == 0xff9b && seg[2] == 1) // local NAT64 64:ff9b:1::/48
@@ -86,19 +88,36 @@ impl Allowlist {
     }
 }
 
-/// Resolves names and drops internal addresses the allowlist does not name.
-#[derive(Debug, Clone)]
+/// Looks names up with the system resolver (`getaddrinfo`, through tokio).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        Box::pin(async move {
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            Ok(Box::new(found.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// Resolves names with `inner` and drops internal addresses the allowlist does not name.
+/// The client connects only to what this returns, so the address checked is the address
+/// connected to: a name that resolves differently the next time (DNS rebinding) is checked
+/// again then.
 struct PolicyResolver {
     allow: Arc<Allowlist>,
+    inner: Arc<dyn Resolve>,
 }
 
 impl Resolve for PolicyResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let allow = self.allow.clone();
+        let host = name.as_str().to_owned();
+        let lookup = self.inner.resolve(name);
         Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found: Vec<SocketAddr> = lookup.await?.collect();
             let allowed: Vec<SocketAddr> = if allow.allows_host(&host) {
                 found
             } else {
@@ -128,12 +147,26 @@ impl WebhookChannel {
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new(allow: Allowlist, timeout: Duration) -> Result<Self, String> {
+        Self::with_resolver(allow, timeout, Arc::new(SystemResolver))
+    }
+
+    /// [`WebhookChannel::new`] with names looked up by `resolver` instead of the system's;
+    /// the destination policy applies to whatever it returns.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn with_resolver(
+        allow: Allowlist,
+        timeout: Duration,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Self, String> {
         let allow = Arc::new(allow);
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(PolicyResolver {
                 allow: allow.clone(),
+                inner: resolver,
             }))
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
@@ -155,6 +188,14 @@ impl WebhookChannel {
             )));
         }
         let host = parsed.host_str().unwrap_or_default();
+        // `localhost` and its subdomains are loopback by definition (RFC 6761), whatever a
+        // resolver says; with or without the trailing dot.
+        let name = host.trim_end_matches('.').to_ascii_lowercase();
+        if (name == "localhost" || name.ends_with(".localhost")) && !self.allow.allows_host(host) {
+            return Err(DeliveryError::permanent(format!(
+                "refused: {host} is loopback (allowlist it to call it)"
+            )));
+        }
         if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>()
             && !self.allow.allows_ip(ip)
             && !self.allow.allows_host(host)
@@ -243,6 +284,8 @@ mod tests {
             "fec0::1",
             "2001:db8::1",
             "100::1",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:8.8.8.8",
         ] {
             assert!(is_internal(internal.parse().unwrap()), "{internal}");
         }
@@ -264,6 +307,8 @@ mod tests {
             "http://127.0.0.1:9/x",
             "http://169.254.169.254/latest/meta-data",
             "http://[::1]/",
+            "http://localhost./",
+            "http://api.LOCALHOST/",
             "ftp://example.com/",
         ] {
             assert!(

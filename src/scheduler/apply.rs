@@ -200,7 +200,7 @@ fn render_webhook(
 ) -> NewMessage {
     let context = context(ctx, workflow, enrollment, customer, Channel::Email);
     let rendered = (|| {
-        let url = ctx.templates.render_inline(&call.url, &context)?;
+        let url = ctx.templates.render_url(&call.url, &context)?;
         let headers = call
             .headers
             .iter()

@@ -20,6 +20,7 @@ use serde_json::Value;
 pub use context::{ROOTS, render_context};
 
 use crate::workflow::Problem;
+use crate::workflow::load::escapes;
 
 /// The folder under `templates/` that holds partials.
 pub const PARTIALS_DIR: &str = "partials";
@@ -109,8 +110,11 @@ fn reason(err: &handlebars::RenderError) -> String {
 pub struct Templates {
     /// Escapes HTML: used for `html.hbs`.
     html: Handlebars<'static>,
-    /// Escapes nothing: subjects, text, SMS and webhook strings.
+    /// Escapes nothing: subjects, text, SMS and webhook headers and bodies.
     plain: Handlebars<'static>,
+    /// Percent-encodes every value: webhook URLs, so data cannot add a query parameter,
+    /// a path step or a fragment (`{{{x}}}` puts a value in as it is).
+    url: Handlebars<'static>,
     kinds: BTreeMap<String, Kinds>,
     dir: PathBuf,
 }
@@ -134,6 +138,21 @@ fn registry(escape: bool) -> Handlebars<'static> {
     hb
 }
 
+/// Everything but RFC 3986's unreserved characters, percent-encoded.
+const URL_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn url_registry() -> Handlebars<'static> {
+    let mut hb = registry(false);
+    hb.register_escape_fn(|value| {
+        percent_encoding::utf8_percent_encode(value, URL_VALUE).to_string()
+    });
+    hb
+}
+
 fn file_name(dir: &Path, folder: &str, part: &str) -> PathBuf {
     dir.join(folder).join(format!("{part}.hbs"))
 }
@@ -146,6 +165,7 @@ impl Templates {
         let mut set = Templates {
             html: registry(true),
             plain: registry(false),
+            url: url_registry(),
             kinds: BTreeMap::new(),
             dir: dir.to_owned(),
         };
@@ -180,6 +200,10 @@ impl Templates {
                 .into_iter()
                 .filter(|p| p.extension().is_some_and(|e| e == "hbs"))
             {
+                if let Some(problem) = escapes(dir, &file) {
+                    problems.push(problem);
+                    continue;
+                }
                 let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned)
                 else {
                     continue;
@@ -202,7 +226,8 @@ impl Templates {
             let compiled = set
                 .html
                 .register_partial(name, text.as_str())
-                .and_then(|()| set.plain.register_partial(name, text.as_str()));
+                .and_then(|()| set.plain.register_partial(name, text.as_str()))
+                .and_then(|()| set.url.register_partial(name, text.as_str()));
             match compiled {
                 Ok(()) => sources.push((file.clone(), text.clone(), true)),
                 Err(err) => problems.push(check::compile_problem(file, &err)),
@@ -210,6 +235,10 @@ impl Templates {
         }
 
         for folder in folders.iter().filter(|f| f.as_str() != PARTIALS_DIR) {
+            if let Some(problem) = escapes(dir, &dir.join(folder)) {
+                problems.push(problem);
+                continue;
+            }
             let mut kinds = Kinds::default();
             let present: Vec<&str> = EMAIL_PARTS
                 .into_iter()
@@ -244,6 +273,11 @@ impl Templates {
             };
             for part in parts.iter().copied().chain(has_sms.then_some("sms")) {
                 let file = file_name(dir, folder, part);
+                if let Some(problem) = escapes(dir, &file) {
+                    problems.push(problem);
+                    ok = false;
+                    continue;
+                }
                 let text = match std::fs::read_to_string(&file) {
                     Ok(text) => text,
                     Err(err) => {
@@ -370,6 +404,18 @@ impl Templates {
     /// A compile or render failure.
     pub fn render_inline(&self, template: &str, context: &Value) -> Result<String, RenderError> {
         self.plain
+            .render_template(template, context)
+            .map_err(|source| self.located(None, source))
+    }
+
+    /// Renders a webhook URL: like [`Templates::render_inline`], but every `{{value}}` is
+    /// percent-encoded, so data such as `a&admin=1` or `../x` stays one value; `{{{value}}}`
+    /// puts a value in as it is (a whole URL from an event, say).
+    ///
+    /// # Errors
+    /// A compile or render failure.
+    pub fn render_url(&self, template: &str, context: &Value) -> Result<String, RenderError> {
+        self.url
             .render_template(template, context)
             .map_err(|source| self.located(None, source))
     }

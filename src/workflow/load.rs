@@ -139,6 +139,28 @@ pub(crate) fn clean_message(message: &str) -> String {
     trimmed.trim().to_owned()
 }
 
+/// A problem when `path`, inside the folder `root`, is (or lies under) a symbolic link to
+/// somewhere outside `root`: workflows, segments and templates are read only from inside
+/// the folders they are configured in, so a link cannot smuggle in `/etc/passwd` or another
+/// project's files. Links that stay inside are fine; a dangling link is left to the read
+/// that follows, which names it.
+pub fn escapes(root: &Path, path: &Path) -> Option<Problem> {
+    let root_real = std::fs::canonicalize(root).ok()?;
+    let real = std::fs::canonicalize(path).ok()?;
+    if real.starts_with(&root_real) {
+        return None;
+    }
+    Some(Problem::at(
+        path,
+        0,
+        format!(
+            "refused: a symbolic link to {}, outside {} (files are read only from inside the folder)",
+            real.display(),
+            root.display()
+        ),
+    ))
+}
+
 /// Reads and parses one workflow file.
 ///
 /// # Errors
@@ -179,6 +201,10 @@ pub fn load_dir(dir: &Path) -> (Vec<Workflow>, Vec<Problem>) {
     let mut workflows: Vec<Workflow> = Vec::new();
     let mut problems = Vec::new();
     for file in files {
+        if let Some(problem) = escapes(dir, &file) {
+            problems.push(problem);
+            continue;
+        }
         match load_file(&file) {
             Ok(wf) => {
                 if let Some(other) = workflows.iter().find(|w| w.id == wf.id) {
@@ -301,5 +327,26 @@ mod tests {
         };
         assert_eq!(lines("a"), [10]);
         assert_eq!(lines("b"), [15, 16]);
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::*;
+
+    #[test]
+    fn a_link_out_of_the_folder_is_a_problem_and_one_inside_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inside, outside) = (dir.path().join("workflows"), dir.path().join("elsewhere"));
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("a.yaml"), "x").unwrap();
+        std::fs::write(inside.join("b.yaml"), "x").unwrap();
+        std::os::unix::fs::symlink(outside.join("a.yaml"), inside.join("out.yaml")).unwrap();
+        std::os::unix::fs::symlink(inside.join("b.yaml"), inside.join("in.yaml")).unwrap();
+        let problem = escapes(&inside, &inside.join("out.yaml")).expect("refused");
+        assert!(problem.message.contains("outside"), "{problem}");
+        assert!(escapes(&inside, &inside.join("in.yaml")).is_none());
+        assert!(escapes(&inside, &inside.join("b.yaml")).is_none());
     }
 }

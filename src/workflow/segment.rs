@@ -67,6 +67,10 @@ pub fn load_segments(dir: &Path) -> (Vec<SegmentDef>, Vec<Problem>) {
     let mut defs: Vec<SegmentDef> = Vec::new();
     let mut problems = Vec::new();
     for file in segment_files(dir) {
+        if let Some(problem) = super::load::escapes(dir, &file) {
+            problems.push(problem);
+            continue;
+        }
         let text = match std::fs::read_to_string(&file) {
             Ok(text) => text,
             Err(err) => {

@@ -13,6 +13,7 @@ mod engine;
 mod engine_props;
 mod faults;
 mod helpers;
+mod hostile;
 mod import;
 mod inbound;
 mod kannel;

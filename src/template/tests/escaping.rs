@@ -186,3 +186,26 @@ fn triple_stash_on_data_is_refused_in_html_and_partials_but_not_in_text() {
         "{problems:#?}"
     );
 }
+
+#[test]
+fn values_in_a_webhook_url_are_percent_encoded_and_triple_stash_is_as_is() {
+    let dir = email("ok");
+    let templates = load(dir.path());
+    let context = serde_json::json!({"event": {"properties": {"name": "Vic&admin=1#x/../y", "base": "https://crm.example"}}});
+    assert_eq!(
+        templates
+            .render_url(
+                "{{{event.properties.base}}}/hook?name={{event.properties.name}}",
+                &context
+            )
+            .unwrap(),
+        "https://crm.example/hook?name=Vic%26admin%3D1%23x%2F..%2Fy"
+    );
+    // Headers and bodies are not URLs: they stay literal.
+    assert_eq!(
+        templates
+            .render_inline("{{event.properties.name}}", &context)
+            .unwrap(),
+        "Vic&admin=1#x/../y"
+    );
+}
