@@ -32,10 +32,11 @@ pub struct OpenOptions {
     pub synchronous_normal: bool,
     /// Connections in the pool.
     pub max_connections: u32,
-    /// How long a writer waits for the write lock, twice at most: once behind this
-    /// process's other writers (the write gate), once behind another process (SQLite's busy
-    /// timeout). Past it the store answers [`Error::is_unavailable`] and the API 503, so a
-    /// lock held elsewhere never makes a request wait without bound.
+    /// How long a writer waits behind this process's other writers (the write gate). Past
+    /// it the store answers [`Error::is_unavailable`] and the API 503.
+    pub gate_wait: Duration,
+    /// How long a writer that holds the gate waits for another process's lock (SQLite's
+    /// busy timeout). With `gate_wait`, no request waits without bound.
     pub lock_wait: Duration,
 }
 
@@ -44,6 +45,7 @@ impl Default for OpenOptions {
         Self {
             synchronous_normal: false,
             max_connections: 8,
+            gate_wait: Duration::from_secs(6),
             lock_wait: Duration::from_secs(3),
         }
     }
@@ -54,7 +56,7 @@ impl Default for OpenOptions {
 pub struct Store {
     pool: SqlitePool,
     write_gate: Arc<Mutex<()>>,
-    lock_wait: Duration,
+    gate_wait: Duration,
     /// Why the last write failed for a reason that passes (disk full, locked), until a
     /// write commits again; `/healthz` reports it.
     write_failure: Arc<std::sync::Mutex<Option<String>>>,
@@ -96,7 +98,7 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
-            .acquire_timeout(options.lock_wait.max(Duration::from_secs(1)) * 2)
+            .acquire_timeout(options.gate_wait.max(Duration::from_secs(1)))
             .after_release(|conn, _| {
                 Box::pin(async move {
                     if !conn.is_in_transaction() {
@@ -117,7 +119,7 @@ impl Store {
         Ok(Self {
             pool,
             write_gate: Arc::new(Mutex::new(())),
-            lock_wait: options.lock_wait,
+            gate_wait: options.gate_wait,
             write_failure: Arc::default(),
         })
     }
@@ -136,7 +138,7 @@ impl Store {
     /// When the lock cannot be had within the busy timeout.
     pub async fn begin(&self) -> Result<Tx, Error> {
         let waiting = Arc::clone(&self.write_gate).lock_owned();
-        let gate = tokio::time::timeout(self.lock_wait, waiting)
+        let gate = tokio::time::timeout(self.gate_wait, waiting)
             .await
             .map_err(|_| self.note(Error::Busy("waiting for the write lock")))?;
         let tx = self

@@ -260,7 +260,7 @@ async fn a_database_locked_by_another_process_answers_503_within_a_bounded_wait(
     assert_eq!(server.post_event(&signup(0, 10)).await.0, 202);
 
     let mut locker = lock_from_another_process(&db, Duration::from_secs(20));
-    // The wait is bounded: 3 s at the gate and 3 s busy at most.
+    // The wait is bounded: 6 s at the gate and 3 s busy at most.
     let (status, retry_after, body) =
         tokio::time::timeout(Duration::from_secs(10), server.post_event(&signup(1, 10)))
             .await
