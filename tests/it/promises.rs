@@ -207,8 +207,9 @@ async fn p4_sms_go_out_only_inside_the_local_window() {
         "SMS outside 08:00–21:00 local: {outside:?}"
     );
     println!(
-        "RELIABILITY P4 SMS window: {} SMS to {n} customers in {} zones over two days, 0 outside 08:00-21:00 local",
+        "RELIABILITY P4 SMS window: {} SMS to {} customers in {} zones over two days, 0 outside 08:00-21:00 local",
         sent_at.len(),
+        n.min(steps),
         zones.len()
     );
 }
