@@ -203,7 +203,11 @@ pub fn run(
         .filter(|e| e.timestamp >= start)
         .peekable();
     let mut fire_cursor = start;
-    let mut next_trigger = next_fire(workflow, &sim.customer, fire_cursor);
+    let mut next_trigger = next_fire(
+        workflow,
+        &crate::engine::policy::with_default_zone(&sim.customer, &sim.policy),
+        fire_cursor,
+    );
 
     for _ in 0..MAX_MOMENTS {
         let next_event = events.peek().map(|e| e.timestamp);
@@ -230,7 +234,11 @@ pub fn run(
             fire_cursor = now;
         }
         // Updates may change the date attribute a trigger reads, so ask again each time.
-        next_trigger = next_fire(workflow, &sim.customer, fire_cursor);
+        next_trigger = next_fire(
+            workflow,
+            &crate::engine::policy::with_default_zone(&sim.customer, &sim.policy),
+            fire_cursor,
+        );
     }
     Ok(sim.lines)
 }

@@ -129,6 +129,29 @@ pub fn counts_toward_caps(
     }
 }
 
+/// The customer as trigger times see them: with the policy's default zone when they have
+/// none, so that schedule and date triggers fire at the same local time in `serve` and
+/// `simulate` (waits and quiet hours apply the same default through the engine).
+pub fn with_default_zone<'a>(
+    customer: &'a crate::model::Customer,
+    policy: &SendPolicy,
+) -> std::borrow::Cow<'a, crate::model::Customer> {
+    match (
+        &customer.timezone,
+        policy
+            .default_timezone
+            .as_ref()
+            .and_then(|tz| tz.iana_name()),
+    ) {
+        (None, Some(name)) => {
+            let mut with_zone = customer.clone();
+            with_zone.timezone = Some(name.to_owned());
+            std::borrow::Cow::Owned(with_zone)
+        }
+        _ => std::borrow::Cow::Borrowed(customer),
+    }
+}
+
 /// The send-time rules in force.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SendPolicy {

@@ -367,7 +367,8 @@ impl Visit {
                 workflow.trigger.value,
                 Trigger::Schedule(_) | Trigger::DateAttribute(_)
             ) {
-                let customer = zoned(&self.state.customer, &ctx.policy);
+                let customer =
+                    crate::engine::policy::with_default_zone(&self.state.customer, &ctx.policy);
                 let mut next = next_fire(workflow, &customer, now);
                 if let Some((at, missed)) = catch_up(workflow, &customer, now)
                     && next.is_none_or(|n| at < n)
@@ -449,24 +450,6 @@ async fn on_event(
     Ok(n_messages)
 }
 
-/// The customer with the policy's default zone when they have none, for trigger times.
-fn zoned<'a>(customer: &'a Customer, policy: &SendPolicy) -> std::borrow::Cow<'a, Customer> {
-    match (
-        &customer.timezone,
-        policy
-            .default_timezone
-            .as_ref()
-            .and_then(|tz| tz.iana_name()),
-    ) {
-        (None, Some(name)) => {
-            let mut with_zone = customer.clone();
-            with_zone.timezone = Some(name.to_owned());
-            std::borrow::Cow::Owned(with_zone)
-        }
-        _ => std::borrow::Cow::Borrowed(customer),
-    }
-}
-
 /// Handles one due occurrence of a schedule or date trigger: enrolls the customer if they
 /// are in the audience (once per occurrence), then schedules the next occurrence.
 async fn on_fire(
@@ -504,7 +487,7 @@ async fn on_fire(
         );
         n = visit.enter(ctx, tx, &workflow, None, id, now).await?;
     }
-    let customer = zoned(&visit.state.customer, &ctx.policy);
+    let customer = crate::engine::policy::with_default_zone(&visit.state.customer, &ctx.policy);
     let next = next_fire(&workflow, &customer, (*occurrence).max(now));
     tx.advance_fire(workflow_id, customer_id, next).await?;
     visit.save(tx, now).await?;

@@ -428,3 +428,34 @@ fn no_options_until(until: &str) -> Options {
         ..Options::default()
     }
 }
+
+#[test]
+fn a_zone_less_birthday_fires_at_09_00_in_the_default_zone_as_the_runtime_does() {
+    let zoneless = ADA
+        .replace(r#""timezone": "America/New_York", "#, "")
+        .replace(
+            r#""plan": "free""#,
+            r#""plan": "free", "birthday": "1990-06-08", "coupon_code": "BDAY-15", "coupon_expires": "2026-06-30""#,
+        );
+    let policy = trellis::engine::policy::SendPolicy {
+        default_timezone: Some(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap()),
+        ..Default::default()
+    };
+    let sends: Vec<String> = lines(
+        &example("birthday"),
+        customer(&zoneless),
+        vec![],
+        Options {
+            start: Some(at("2026-06-01T00:00:00Z")),
+            until: Some(at("2026-06-09T00:00:00Z")),
+            policy,
+            ..Options::default()
+        },
+    )
+    .iter()
+    .filter(|l| l.kind == "send")
+    .map(|l| l.at.to_string())
+    .collect();
+    // 09:00 in Tokyo (UTC+9) is 00:00 UTC.
+    assert_eq!(sends, ["2026-06-08T00:00:00Z"]);
+}
