@@ -449,7 +449,6 @@ fn a_zone_less_birthday_fires_at_09_00_in_the_default_zone_as_the_runtime_does()
             start: Some(at("2026-06-01T00:00:00Z")),
             until: Some(at("2026-06-09T00:00:00Z")),
             policy,
-            ..Options::default()
         },
     )
     .iter()
