@@ -1,0 +1,288 @@
+//! The SQLite store: WAL, `synchronous=FULL` by default, a busy timeout, migrations from
+//! `migrations/`, and `BEGIN IMMEDIATE` for every transaction that reads then writes.
+//!
+//! Writers in this process queue for SQLite's one write lock on an async mutex (the write
+//! gate) instead of in SQLite's busy handler: the busy handler polls with sleeps of up to
+//! 100 ms, so a scheduler batch, the dispatcher and the API contending for the lock would
+//! spend most of their time asleep. The busy timeout still covers other processes (the CLI,
+//! a backup) that write to the same file.
+//!
+//! One module per concern, each adding to `Store` and `Tx`: `journey` (what a scheduler
+//! step reads and writes), `outbox` (claims, outcomes, delivery reports), `ingest` (what the
+//! API and import write), `housekeeping` (settings, workflow versions, the sweep, traits) and
+//! `read_models` (what the API shows).
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::{
+    AttemptOutcome, Conversion, EnrollmentView, Error, Inserted, MessageView, NewMessage,
+    OutboxMessage, StoredEvent, decode, from_millis, millis, query,
+};
+use crate::engine::{Enrollment, Status};
+use crate::model::{Customer, CustomerId, Event, EventId};
+
+mod housekeeping;
+mod ingest;
+mod journey;
+mod outbox;
+mod read_models;
+
+/// How to open the database.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// `synchronous=NORMAL` instead of `FULL`: faster commits, but a power loss (not a
+    /// process crash) may lose the last transactions.
+    pub synchronous_normal: bool,
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// How long a writer waits behind this process's other writers (the write gate). Past
+    /// it the store answers [`Error::is_unavailable`] and the API 503.
+    pub gate_wait: Duration,
+    /// How long a writer that holds the gate waits for another process's lock (SQLite's
+    /// busy timeout). With `gate_wait`, no request waits without bound.
+    pub lock_wait: Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            synchronous_normal: false,
+            max_connections: 8,
+            gate_wait: Duration::from_secs(6),
+            lock_wait: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    write_gate: Arc<Mutex<()>>,
+    gate_wait: Duration,
+    /// Why the last write failed for a reason that passes (disk full, locked), until a
+    /// write commits again; `/healthz` reports it.
+    write_failure: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// One `BEGIN IMMEDIATE` transaction. Dropped without [`Tx::commit`], it rolls back.
+pub struct Tx {
+    tx: Transaction<'static, Sqlite>,
+    health: Arc<std::sync::Mutex<Option<String>>>,
+    // Declared after `tx` so the rollback on drop happens before the next writer enters.
+    _gate: OwnedMutexGuard<()>,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `url`, such as
+    /// `sqlite://trellis.db`.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or migrated.
+    pub async fn open(url: &str, options: OpenOptions) -> Result<Self, Error> {
+        let open_error = |source| Error::Open {
+            url: url.to_owned(),
+            source,
+        };
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(open_error)?
+            .create_if_missing(true)
+            // sqlx leaves the journal mode alone unless told; WAL lets readers run beside
+            // the one writer.
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if options.synchronous_normal {
+                SqliteSynchronous::Normal
+            } else {
+                SqliteSynchronous::Full
+            })
+            .busy_timeout(options.lock_wait)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.gate_wait.max(Duration::from_secs(1)))
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    if !conn.is_in_transaction() {
+                        return Ok(true);
+                    }
+                    // A dropped transaction queues its ROLLBACK; a round trip lets it run.
+                    conn.ping().await?;
+                    // Still counted as open: a COMMIT failed (SQLITE_FULL) after SQLite had
+                    // rolled back by itself, so no ROLLBACK can end it and every later BEGIN
+                    // on this connection would fail. Close it instead of reusing it.
+                    Ok(!conn.is_in_transaction())
+                })
+            })
+            .connect_with(connect)
+            .await
+            .map_err(open_error)?;
+        MIGRATOR.run(&pool).await.map_err(Error::Migrate)?;
+        Ok(Self {
+            pool,
+            write_gate: Arc::new(Mutex::new(())),
+            gate_wait: options.gate_wait,
+            write_failure: Arc::default(),
+        })
+    }
+
+    /// The connection pool, for tools that measure the database itself (`trellis-bench`
+    /// compares the runtime with raw SQL on the same file and settings).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Starts a write transaction with `BEGIN IMMEDIATE`, so it holds the write lock from
+    /// the start; a deferred transaction that reads and then writes can fail with
+    /// "database is locked" despite the busy timeout.
+    ///
+    /// # Errors
+    /// When the lock cannot be had within the busy timeout.
+    pub async fn begin(&self) -> Result<Tx, Error> {
+        let waiting = Arc::clone(&self.write_gate).lock_owned();
+        let gate = tokio::time::timeout(self.gate_wait, waiting)
+            .await
+            .map_err(|_| self.note(Error::Busy("waiting for the write lock")))?;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.note(query("beginning a transaction")(e)))?;
+        Ok(Tx {
+            tx,
+            health: Arc::clone(&self.write_failure),
+            _gate: gate,
+        })
+    }
+
+    /// Remembers a passing write failure for [`Store::write_health`].
+    fn note(&self, err: Error) -> Error {
+        note_failure(&self.write_failure, &err);
+        err
+    }
+
+    /// Whether writes work: `Err` with the reason while the last write failed for a reason
+    /// that passes (disk full, locked), until a write commits again. While failing, each
+    /// call tries a one-row write, so health turns good by itself once space returns.
+    ///
+    /// # Errors
+    /// The reason writes fail.
+    pub async fn write_health(&self) -> Result<(), String> {
+        let failing = self
+            .write_failure
+            .lock()
+            .map(|f| f.is_some())
+            .unwrap_or(true);
+        if !failing {
+            return Ok(());
+        }
+        let probe = async {
+            let mut tx = self.begin().await?;
+            sqlx::query(
+                "INSERT INTO settings (name, value) VALUES ('write_probe', ?1)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(std::process::id().to_string())
+            .execute(&mut *tx.tx)
+            .await
+            .map_err(query("probing a write"))?;
+            tx.commit().await
+        };
+        match probe.await {
+            Ok(()) => Ok(()),
+            Err(err) => Err(crate::scheduler::error_chain(&err)),
+        }
+    }
+
+    /// Whether the database answers.
+    ///
+    /// # Errors
+    /// When it does not.
+    pub async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(query("pinging the database"))?;
+        Ok(())
+    }
+}
+
+fn event_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Event, Error> {
+    Ok(Event {
+        id: r
+            .get::<Option<String>, _>(0)
+            .and_then(|id| EventId::parse(id).ok()),
+        name: r.get(1),
+        timestamp: from_millis(r.get(2)),
+        properties: serde_json::from_str(r.get::<&str, _>(3))
+            .map_err(decode("event properties"))?,
+    })
+}
+
+/// Records `err` as the reason writes fail, when it is one that passes.
+fn note_failure(health: &std::sync::Mutex<Option<String>>, err: &Error) {
+    if err.is_unavailable()
+        && let Ok(mut failure) = health.lock()
+    {
+        *failure = Some(crate::scheduler::error_chain(err));
+    }
+}
+
+impl Tx {
+    /// Commits.
+    ///
+    /// # Errors
+    /// When the commit fails; nothing was written.
+    pub async fn commit(self) -> Result<(), Error> {
+        let health = Arc::clone(&self.health);
+        match self.tx.commit().await.map_err(query("committing")) {
+            Ok(()) => {
+                if let Ok(mut failure) = health.lock() {
+                    *failure = None;
+                }
+                Ok(())
+            }
+            Err(err) => {
+                note_failure(&health, &err);
+                Err(err)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::store::testing::temp_store;
+
+    #[tokio::test]
+    async fn a_second_writer_waits_at_the_gate_until_the_first_commits() {
+        let (store, _dir) = temp_store().await;
+        let first = store.begin().await.unwrap();
+        let second = tokio::spawn({
+            let store = store.clone();
+            async move { store.begin().await.map(|_| ()) }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !second.is_finished(),
+            "the second writer waits for the first"
+        );
+        first.commit().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the second writer enters once the first commits")
+            .unwrap()
+            .unwrap();
+    }
+}
