@@ -276,6 +276,20 @@ impl SmtpSink {
         self.fail_with(failing.then_some(""));
     }
 
+    /// How many times each `Message-ID` arrived, by its header line.
+    pub fn message_ids(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut by_id = std::collections::BTreeMap::new();
+        for mail in self.messages() {
+            let id = mail
+                .lines()
+                .find(|l| l.starts_with("Message-ID:"))
+                .unwrap_or_default()
+                .to_owned();
+            *by_id.entry(id).or_insert(0) += 1;
+        }
+        by_id
+    }
+
     /// While `Some(reply)`, every message is answered with `reply` (empty: a 451).
     pub fn fail_with(&self, reply: Option<&str>) {
         let flag = self.dir.path().join("FAIL");
@@ -342,6 +356,18 @@ impl TwilioServer {
             },
         )
         .await
+    }
+
+    /// The `serve` flags that send SMS through this server.
+    pub fn flags(&self) -> [&str; 6] {
+        [
+            "--twilio-base-url",
+            &self.base,
+            "--twilio-account-sid",
+            "AC1",
+            "--twilio-auth-token",
+            "t",
+        ]
     }
 
     /// Refuses the first `fail_first` requests as `refusal` says (a 429 with `Retry-After`).

@@ -27,18 +27,7 @@ async fn app_with(workflow: &str, extra: &[&str]) -> (crate::app::TestApp, tempf
 #[tokio::test]
 async fn an_sms_due_at_22_30_local_is_held_and_arrives_at_08_00() {
     let twilio = TwilioServer::start(0).await;
-    let (app, _wf) = app_with(
-        TEXT_ON_PING,
-        &[
-            "--twilio-base-url",
-            &twilio.base,
-            "--twilio-account-sid",
-            "AC1",
-            "--twilio-auth-token",
-            "t",
-        ],
-    )
-    .await;
+    let (app, _wf) = app_with(TEXT_ON_PING, &twilio.flags()).await;
     // 22:30 in Los Angeles (PDT, UTC-7) is 05:30 UTC.
     app.clock.set(at("2026-06-02T05:30:00Z"));
     app.call("PUT", "/v1/customers/lucy", Some(json!({"phone": "+13105550199", "timezone": "America/Los_Angeles", "consent": {"sms": true}}))).await;
@@ -329,16 +318,7 @@ async fn the_runtime_counts_a_held_sms_against_the_cap_from_when_it_was_sent() {
     let twilio = TwilioServer::start(0).await;
     let (app, _wf) = app_with(
         TEXT_ON_PING,
-        &[
-            "--twilio-base-url",
-            &twilio.base,
-            "--twilio-account-sid",
-            "AC1",
-            "--twilio-auth-token",
-            "t",
-            "--caps",
-            "sms=1/1d",
-        ],
+        &[&twilio.flags()[..], &["--caps", "sms=1/1d"]].concat(),
     )
     .await;
     app.clock.set(at("2026-06-02T17:00:00Z"));

@@ -1,7 +1,6 @@
 //! Crash safety: the real binary killed with SIGKILL while customers flow through a journey,
 //! then restarted on the same file; and named failure points in-process.
 
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -147,6 +146,21 @@ async fn post_batch(client: &reqwest::Client, port: u16, batch: usize, size: usi
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// Stores customers `c0000`… with an email and consent, before their signups arrive.
+async fn put_customers(client: &reqwest::Client, port: u16, n: usize) {
+    for i in 0..n {
+        let body = json!({"email": format!("c{i:04}@example.com"), "consent": {"email": true}});
+        let put = client
+            .put(format!("http://127.0.0.1:{port}/v1/customers/c{i:04}"))
+            .bearer_auth(CRASH_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(put.status().is_success());
+    }
+}
+
 /// Runs the kill loop; returns (expected, distinct Message-IDs, raw messages, kills).
 async fn kill_loop(concurrency: usize) -> (usize, usize, usize, usize) {
     let (customers, planned_kills) = sizes();
@@ -163,17 +177,7 @@ async fn kill_loop(concurrency: usize) -> (usize, usize, usize, usize) {
     // Customers need an email and consent before their signup arrives.
     let mut server = Server::start(&db, &smtp.url(), port, concurrency);
     wait_until_up(&client, port).await;
-    for i in 0..customers {
-        let body = json!({"email": format!("c{i:04}@example.com"), "consent": {"email": true}});
-        let put = client
-            .put(format!("http://127.0.0.1:{port}/v1/customers/c{i:04}"))
-            .bearer_auth(CRASH_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(put.status().is_success());
-    }
+    put_customers(&client, port, customers).await;
 
     // Post the signups batch by batch, killing the server at different moments: right
     // after a batch is accepted, while the scheduler works, while the dispatcher sends.
@@ -197,13 +201,13 @@ async fn kill_loop(concurrency: usize) -> (usize, usize, usize, usize) {
 
     // Let the last run finish: every customer gets both emails.
     let expected = customers * 2;
-    let mut by_id = message_ids(&smtp);
+    let mut by_id = smtp.message_ids();
     for _ in 0..6000 {
         if by_id.len() >= expected {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        by_id = message_ids(&smtp);
+        by_id = smtp.message_ids();
     }
     drop(server);
     let raw: usize = by_id.values().sum();
@@ -309,20 +313,6 @@ async fn a_crash_between_claiming_and_recording_resends_with_the_same_message_id
     );
 }
 
-/// How many times each `Message-ID` arrived at the sink.
-fn message_ids(smtp: &SmtpSink) -> BTreeMap<String, usize> {
-    let mut by_id = BTreeMap::new();
-    for mail in smtp.messages() {
-        let id = mail
-            .lines()
-            .find(|l| l.starts_with("Message-ID:"))
-            .unwrap()
-            .to_owned();
-        *by_id.entry(id).or_insert(0) += 1;
-    }
-    by_id
-}
-
 /// Runs customers through the two-email journey with the process aborting at `point`, then
 /// restarts it on the same file; returns (expected, distinct Message-IDs, raw messages).
 #[cfg(feature = "crash-points")]
@@ -339,16 +329,7 @@ async fn crash_at(point: &str) -> (usize, usize, usize) {
     // Profiles first, on an unarmed server: storing them is not the point under test.
     let server = Server::start(&db, &smtp.url(), port, 1);
     wait_until_up(&client, port).await;
-    for i in 0..N {
-        let body = json!({"email": format!("c{i:04}@example.com"), "consent": {"email": true}});
-        client
-            .put(format!("http://127.0.0.1:{port}/v1/customers/c{i:04}"))
-            .bearer_auth(CRASH_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-    }
+    put_customers(&client, port, N).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.kill9();
     let mut server = Server::start_with(&db, &smtp.url(), port, 1, Some(point));
@@ -366,13 +347,13 @@ async fn crash_at(point: &str) -> (usize, usize, usize) {
     // The client resends what it was never answered for; ids make that harmless.
     assert!(post_batch(&client, port, 0, N).await);
     let expected = 2 * N;
-    let mut by_id = message_ids(&smtp);
+    let mut by_id = smtp.message_ids();
     for _ in 0..600 {
         if by_id.len() >= expected {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        by_id = message_ids(&smtp);
+        by_id = smtp.message_ids();
     }
     drop(server);
     assert_eq!(integrity(&db).await, "ok", "{point}, after the run");
@@ -419,16 +400,7 @@ async fn sigterm_mid_flow_exits_within_ten_seconds_and_the_restart_sends_nothing
         .unwrap();
     let mut server = Server::start(&db, &smtp.url(), port, 4);
     wait_until_up(&client, port).await;
-    for i in 0..N {
-        let body = json!({"email": format!("c{i:04}@example.com"), "consent": {"email": true}});
-        client
-            .put(format!("http://127.0.0.1:{port}/v1/customers/c{i:04}"))
-            .bearer_auth(CRASH_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-    }
+    put_customers(&client, port, N).await;
     assert!(post_batch(&client, port, 0, N).await);
     // Mid-flow: some messages are out, the rest are queued or on the wire.
     for _ in 0..400 {
@@ -461,13 +433,13 @@ async fn sigterm_mid_flow_exits_within_ten_seconds_and_the_restart_sends_nothing
 
     let server = Server::start(&db, &smtp.url(), port, 4);
     wait_until_up(&client, port).await;
-    let mut by_id = message_ids(&smtp);
+    let mut by_id = smtp.message_ids();
     for _ in 0..1200 {
         if by_id.len() >= 2 * N {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        by_id = message_ids(&smtp);
+        by_id = smtp.message_ids();
     }
     drop(server);
     let raw: usize = by_id.values().sum();

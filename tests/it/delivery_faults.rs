@@ -40,20 +40,6 @@ async fn sign_up(app: &TestApp, ids: &[&str]) {
     }
 }
 
-/// How many times each `Message-ID` arrived.
-fn arrivals(smtp: &SmtpSink) -> BTreeMap<String, usize> {
-    let mut by_id = BTreeMap::new();
-    for mail in smtp.messages() {
-        let id = mail
-            .lines()
-            .find(|l| l.starts_with("Message-ID:"))
-            .unwrap()
-            .to_owned();
-        *by_id.entry(id).or_insert(0) += 1;
-    }
-    by_id
-}
-
 #[tokio::test]
 async fn a_message_stored_before_a_dropped_connection_arrives_twice_with_one_message_id() {
     let smtp = SmtpSink::start();
@@ -64,7 +50,7 @@ async fn a_message_stored_before_a_dropped_connection_arrives_twice_with_one_mes
     assert_eq!((first.sent, first.retried), (2, 1), "{first:?}");
     app.advance(SignedDuration::from_mins(2));
     app.settle().await;
-    let by_id = arrivals(&smtp);
+    let by_id = smtp.message_ids();
     assert_eq!(by_id.len(), 3, "every welcome email arrived");
     let twice: Vec<_> = by_id.values().filter(|n| **n > 1).collect();
     assert_eq!(
@@ -98,7 +84,7 @@ async fn smtp_421_and_451_for_a_while_then_recovery_deliver_every_message_once()
         app.advance(SignedDuration::from_mins(2));
         let (_, third) = app.settle().await;
         assert_eq!(third.sent, 3, "{reply}");
-        let by_id = arrivals(&smtp);
+        let by_id = smtp.message_ids();
         assert_eq!(
             (by_id.len(), by_id.values().sum::<usize>()),
             (3, 3),

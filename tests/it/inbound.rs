@@ -48,15 +48,7 @@ async fn inbound(app: &crate::app::TestApp, auth: &str, body: &str) -> (u16, Str
 #[tokio::test]
 async fn stop_withdraws_sms_consent_so_the_journeys_next_sms_is_not_sent_and_start_restores_it() {
     let twilio = TwilioServer::start(0).await;
-    let app = spawn_app(&[
-        "--twilio-base-url",
-        &twilio.base,
-        "--twilio-account-sid",
-        "AC1",
-        "--twilio-auth-token",
-        "t",
-    ])
-    .await;
+    let app = spawn_app(&twilio.flags()).await;
     app.call("PUT", "/v1/customers/ada", Some(json!({"email": "ada@example.com", "phone": "+14155550101", "consent": {"email": true, "sms": true}}))).await;
     app.call("POST", "/v1/events", Some(json!({"customer_id": "ada", "name": "cart_updated", "properties": {"total": 5, "items": []}}))).await;
     app.settle().await;

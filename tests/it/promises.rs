@@ -141,18 +141,7 @@ async fn p4_sms_go_out_only_inside_the_local_window() {
         "UTC",
     ];
     let twilio = TwilioServer::start(0).await;
-    let (app, _wf) = app_with(
-        TEXT_ON_PING,
-        &[
-            "--twilio-base-url",
-            &twilio.base,
-            "--twilio-account-sid",
-            "AC1",
-            "--twilio-auth-token",
-            "t",
-        ],
-    )
-    .await;
+    let (app, _wf) = app_with(TEXT_ON_PING, &twilio.flags()).await;
     for i in 0..n {
         let zone = zones[i % zones.len()];
         app.call(

@@ -164,15 +164,7 @@ async fn an_order_within_the_hour_ends_the_cart_journey_with_a_conversion_and_no
 #[tokio::test]
 async fn an_sms_provider_answering_503_is_retried_and_a_refused_number_fails_without_retry() {
     let twilio = TwilioServer::start(1).await;
-    let app = spawn_app(&[
-        "--twilio-base-url",
-        &twilio.base,
-        "--twilio-account-sid",
-        "AC1",
-        "--twilio-auth-token",
-        "t",
-    ])
-    .await;
+    let app = spawn_app(&twilio.flags()).await;
     let mut refused = ada();
     refused["phone"] = json!(crate::app::INVALID_NUMBER);
     app.call("PUT", "/v1/customers/ada", Some(ada())).await;
@@ -448,15 +440,7 @@ async fn sms_after_a_429(
         },
     )
     .await;
-    let app = spawn_app(&[
-        "--twilio-base-url",
-        &twilio.base,
-        "--twilio-account-sid",
-        "AC1",
-        "--twilio-auth-token",
-        "t",
-    ])
-    .await;
+    let app = spawn_app(&twilio.flags()).await;
     app.call("PUT", "/v1/customers/ada", Some(ada())).await;
     app.call("POST", "/v1/events", Some(json!({"customer_id": "ada", "name": "cart_updated", "properties": {"total": 5, "items": []}}))).await;
     app.settle().await;
