@@ -46,9 +46,9 @@ pub fn email_payload(i: usize) -> Payload {
     }
 }
 
-/// Step transitions per second with no engine: claim up to 200 due enrollments, write each
-/// one's next state and one outbox row, commit; until none is due.
-pub async fn sqlite_steps(dir: &Path, n: usize) -> anyhow::Result<f64> {
+/// A database with `n` enrollments due at `now`, as the standard journey leaves them after
+/// its first step; returns the store, the workflow version and `now`.
+async fn due_enrollments(dir: &Path, n: usize) -> anyhow::Result<(Store, String, Timestamp)> {
     let store = Store::open(&workload::database_url(dir), OpenOptions::default()).await?;
     let now: Timestamp = "2026-11-23T12:00:00Z".parse()?;
     let workflow = load("standard")?
@@ -58,8 +58,7 @@ pub async fn sqlite_steps(dir: &Path, n: usize) -> anyhow::Result<f64> {
     trellis::scheduler::Catalog::register(&store, vec![workflow.clone()], Vec::new(), now).await?;
     let state = enrollment_state(&workflow, now);
     let version = workflow.source.version.clone();
-    let pool = store.pool();
-    let mut tx = pool.begin().await?;
+    let mut tx = store.pool().begin().await?;
     for i in 0..n {
         sqlx::query(
             "INSERT INTO enrollments (id, workflow_id, workflow_version, customer_id, active, node, wake_at, state, entered_at, updated_at)
@@ -74,6 +73,27 @@ pub async fn sqlite_steps(dir: &Path, n: usize) -> anyhow::Result<f64> {
         .await?;
     }
     tx.commit().await?;
+    Ok((store, version, now))
+}
+
+/// The same step transitions as [`sqlite_steps`] through SQLite's C API, with the driver out
+/// of the way: the database's own limit.
+pub async fn sqlite_steps_c_api(dir: &Path, n: usize) -> anyhow::Result<f64> {
+    let (store, version, now) = due_enrollments(dir, n).await?;
+    store.pool().close().await;
+    let payload = serde_json::to_string(&email_payload(0))?;
+    let file = dir.join("trellis.db");
+    tokio::task::spawn_blocking(move || {
+        crate::c_api::steps(&file, n, BATCH, &version, &payload, now.as_millisecond())
+    })
+    .await?
+}
+
+/// Step transitions per second with no engine: claim up to 200 due enrollments, write each
+/// one's next state and one outbox row, commit; until none is due.
+pub async fn sqlite_steps(dir: &Path, n: usize) -> anyhow::Result<f64> {
+    let (store, version, now) = due_enrollments(dir, n).await?;
+    let pool = store.pool();
     let payload = serde_json::to_string(&email_payload(0))?;
     let at = now.as_millisecond();
     let started = Instant::now();

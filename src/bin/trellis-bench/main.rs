@@ -9,6 +9,7 @@
 // through `Clock`.
 #![allow(clippy::disallowed_methods)]
 
+mod c_api;
 mod end_to_end;
 mod engine_rate;
 mod limits;
@@ -146,8 +147,19 @@ async fn suite(args: &Args) -> anyhow::Result<()> {
         .await?,
         "steps/s",
     );
-    let sqlite_limit = sqlite.value;
     rows.push(sqlite);
+    progress("the SQLite step limit through the C API");
+    let c_api = Row::plain(
+        "1. limit: SQLite step transitions, C API",
+        &sample(runs, |dir| async move {
+            limits::sqlite_steps_c_api(&dir, n).await
+        })
+        .await?,
+        "steps/s",
+    );
+    // The database's own limit, with no driver between: what the runtime is held to.
+    let sqlite_limit = c_api.value;
+    rows.push(c_api);
 
     if wanted("engine") {
         progress("the engine");
