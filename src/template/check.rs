@@ -136,7 +136,7 @@ pub(super) fn scan(
     file: &Path,
     text: &str,
     html: bool,
-    partials: &BTreeMap<String, (PathBuf, String)>,
+    partials: &BTreeSet<String>,
     problems: &mut Vec<Problem>,
 ) {
     let Ok(template) = Template::compile(text) else {
@@ -146,7 +146,7 @@ pub(super) fn scan(
     partial_refs(&template, &mut refs);
     for (name, line) in refs {
         match name {
-            Some(name) if name == "@partial-block" || partials.contains_key(&name) => {}
+            Some(name) if name == "@partial-block" || partials.contains(&name) => {}
             Some(name) => problems.push(Problem::at(
                 file,
                 line,

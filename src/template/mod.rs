@@ -11,7 +11,7 @@ pub mod helpers;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use handlebars::Handlebars;
@@ -112,6 +112,8 @@ pub struct Templates {
     /// Escapes nothing: subjects, text, SMS and webhook strings.
     plain: Handlebars<'static>,
     kinds: BTreeMap<String, Kinds>,
+    /// The names of the partials found in `partials/`, compiled or not.
+    partials: BTreeSet<String>,
     dir: PathBuf,
 }
 
@@ -147,6 +149,7 @@ impl Templates {
             html: registry(true),
             plain: registry(false),
             kinds: BTreeMap::new(),
+            partials: BTreeSet::new(),
             dir: dir.to_owned(),
         };
         let mut problems = Vec::new();
@@ -194,6 +197,7 @@ impl Templates {
                 }
             }
         }
+        set.partials = partials.keys().cloned().collect();
         let cyclic = check::partial_cycles(&partials, &mut problems);
         for (name, (file, text)) in &partials {
             if cyclic.contains(name) {
@@ -274,7 +278,7 @@ impl Templates {
         }
 
         for (file, text, html) in &sources {
-            check::scan(file, text, *html, &partials, &mut problems);
+            check::scan(file, text, *html, &set.partials, &mut problems);
         }
         problems.sort();
         problems.dedup();
@@ -306,6 +310,20 @@ impl Templates {
             column: source.column_no,
             message: reason(&source),
             source: Box::new(source),
+        }
+    }
+
+    /// Compiles and checks one template source as [`Templates::load`] checks a file of this
+    /// set: compile errors, unknown variables and partials, and (when `html`) unescaped
+    /// output. `file` is used for messages. Registers nothing.
+    pub fn check_source(&self, file: &Path, text: &str, html: bool) -> Vec<Problem> {
+        match handlebars::template::Template::compile(text) {
+            Err(err) => vec![check::compile_problem(file, &err)],
+            Ok(_) => {
+                let mut problems = Vec::new();
+                check::scan(file, text, html, &self.partials, &mut problems);
+                problems
+            }
         }
     }
 

@@ -17,7 +17,7 @@ fn options() -> Options {
 }
 
 /// Deserialises `text` as a `T` with the loader's options.
-fn read<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, Error> {
+pub(super) fn read<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, Error> {
     serde_saphyr::from_str_with_options(text, options())
 }
 
@@ -36,7 +36,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Vec<Problem>> {
 }
 
 /// A serde-saphyr error as a problem at its line.
-fn problem(path: &Path, err: &Error) -> Problem {
+pub(super) fn problem(path: &Path, err: &Error) -> Problem {
     let line = err
         .location()
         .map(|l| u32::try_from(l.line()).unwrap_or(u32::MAX))
