@@ -302,4 +302,26 @@ mod tests {
         assert_eq!(lines("a"), [10]);
         assert_eq!(lines("b"), [15, 16]);
     }
+
+    /// Found by fuzzing: a file whose first error sends it to part-by-part recovery, with
+    /// flow collections nested as deep as the YAML parser allows (255), overflowed a 2 MiB
+    /// stack in the outline, which recursed once per level. Run here on a small stack.
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let handle = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                for (open, close) in [("{a: ", "}"), ("[", "]")] {
+                    for depth in [250, 2_000] {
+                        let deep = format!("{}1{}", open.repeat(depth), close.repeat(depth));
+                        let text = format!("{MINIMAL}colour: blue\nx: {deep}\n");
+                        assert!(!shown(&text).is_empty());
+                        let text = format!("segments:\n  s:\n    when:\n      - x{deep}\n");
+                        assert!(!shown(&text).is_empty());
+                    }
+                }
+            })
+            .expect("a thread");
+        handle.join().expect("no stack overflow, no panic");
+    }
 }

@@ -57,7 +57,7 @@ pub(super) fn outline(text: &str) -> Option<Outline> {
         match event {
             Event::StreamStart | Event::DocumentStart(..) => {}
             Event::StreamEnd => return None,
-            other => break tree(other, span, &mut events)?,
+            other => break tree(other, span, &mut events, 0)?,
         }
     };
     let pairs = root.pairs?;
@@ -93,8 +93,16 @@ fn line(marker: &Marker) -> u32 {
 
 type Events<'a> = Parser<'a, serde_saphyr::granit_parser::StrInput<'a>>;
 
-/// Reads the node that `first` starts, consuming its events.
-fn tree(first: Event<'_>, span: Span, events: &mut Events<'_>) -> Option<Tree> {
+/// How deep the outline keeps the tree: the root, its values, and the nodes' values. Below,
+/// nodes are read flat by [`skip`], so deep nesting cannot overflow the stack.
+const TREE_DEPTH: usize = 3;
+
+/// Reads the node that `first` starts, `depth` levels below the root, consuming its events.
+fn tree(first: Event<'_>, span: Span, events: &mut Events<'_>, depth: usize) -> Option<Tree> {
+    if depth >= TREE_DEPTH {
+        return skip(first, span, events);
+    }
+    let depth = depth + 1;
     match first {
         Event::Scalar(value, ..) => Some(Tree {
             start: span.start,
@@ -115,9 +123,9 @@ fn tree(first: Event<'_>, span: Span, events: &mut Events<'_>) -> Option<Tree> {
                     }
                     break;
                 }
-                let key = tree(event, span, events)?;
+                let key = tree(event, span, events, depth)?;
                 let (event, span) = next_node(events)?;
-                let value = tree(event, span, events)?;
+                let value = tree(event, span, events, depth)?;
                 end = value.end;
                 aliases |= key.aliases || value.aliases;
                 pairs.push((key, value));
@@ -141,7 +149,7 @@ fn tree(first: Event<'_>, span: Span, events: &mut Events<'_>) -> Option<Tree> {
                     }
                     break;
                 }
-                let item = tree(event, span, events)?;
+                let item = tree(event, span, events, depth)?;
                 end = item.end;
                 aliases |= item.aliases;
             }
@@ -162,6 +170,51 @@ fn tree(first: Event<'_>, span: Span, events: &mut Events<'_>) -> Option<Tree> {
             aliases: matches!(other, Event::Alias(..) | Event::UnresolvedAlias(..)),
         }),
     }
+}
+
+/// Reads the node that `first` starts without recursion: its extent and whether it holds an
+/// alias, as [`tree`] would find them, but no pairs. A block collection ends where its last
+/// node does; a flow collection at its closing bracket.
+fn skip(first: Event<'_>, span: Span, events: &mut Events<'_>) -> Option<Tree> {
+    let start = span.start;
+    let mut end = span.end;
+    let mut aliases = matches!(first, Event::Alias(..) | Event::UnresolvedAlias(..));
+    let scalar = match &first {
+        Event::Scalar(value, ..) => Some(value.to_string()),
+        _ => None,
+    };
+    // The styles of the collections still open.
+    let mut open: Vec<StructureStyle> = match first {
+        Event::MappingStart(style, ..) | Event::SequenceStart(style, ..) => vec![style],
+        _ => Vec::new(),
+    };
+    while let Some(style) = open.last().copied() {
+        let (event, span) = next_node(events)?;
+        match event {
+            Event::MappingStart(style, ..) | Event::SequenceStart(style, ..) => {
+                open.push(style);
+                end = span.end;
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                open.pop();
+                if style == StructureStyle::Flow {
+                    end = span.end;
+                }
+            }
+            Event::Alias(..) | Event::UnresolvedAlias(..) => {
+                aliases = true;
+                end = span.end;
+            }
+            _ => end = span.end,
+        }
+    }
+    Some(Tree {
+        start,
+        end,
+        pairs: None,
+        scalar,
+        aliases,
+    })
 }
 
 /// The next event that is a node or ends a collection, skipping comments and anchors.
