@@ -12,8 +12,28 @@ use super::outline::{self, Entry};
 use super::{Located, Node, Problem, Source, Workflow};
 use crate::model::NodeId;
 
+/// Limits on what one file may make the parser do, far above any workflow or segments file
+/// written by hand: without them, a few lines of nested aliases ("billion laughs") expand to
+/// hundreds of thousands of values, and a file takes seconds to be refused.
+const MAX_NODES: usize = 50_000;
+/// Values copied by aliases, in all.
+const MAX_REPLAYED: usize = 10_000;
+
 fn options() -> Options {
-    serde_saphyr::options! { with_snippet: false }
+    serde_saphyr::options! {
+        with_snippet: false,
+        budget: serde_saphyr::budget! {
+            max_nodes: MAX_NODES,
+            max_events: 4 * MAX_NODES,
+            max_aliases: 1_000,
+            max_anchors: 1_000,
+            max_recorded_anchor_events: MAX_REPLAYED,
+            max_documents: 1,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_REPLAYED,
+        },
+    }
 }
 
 /// Deserialises `text` as a `T` with the loader's options.
@@ -41,8 +61,22 @@ pub(super) fn problem(path: &Path, err: &Error) -> Problem {
         .location()
         .map(|l| u32::try_from(l.line()).unwrap_or(u32::MAX))
         .unwrap_or(0);
-    Problem::at(path, line, clean_message(&err.to_string()))
+    let message = clean_message(&err.to_string());
+    let message = if message.starts_with("budget breached") || message.contains("replay") {
+        format!(
+            "the file is too large, or its aliases expand too far: at most {MAX_NODES} values, \
+             {MAX_REPLAYED} of them copied by aliases ({message})"
+        )
+    } else {
+        message
+    };
+    Problem::at(path, line, message)
 }
+
+/// The most parts (top-level keys and nodes) read one by one after a format error: enough
+/// for any workflow written by hand, and a bound on the time a generated file can take.
+/// Problems beyond are found once those before are fixed.
+const MAX_PARTS: usize = 200;
 
 /// Every problem of a file that did not parse whole, `whole` being the first error. Parts
 /// are cut out with their lines kept and deserialised one by one; when every part is well
@@ -57,15 +91,22 @@ fn recover(path: &Path, text: &str, whole: &Error) -> Vec<Problem> {
     if outline.aliases {
         return vec![attribute(first, &top)]; // Parts that refer to each other.
     }
+    let excerpts = outline::Excerpts::new(text);
     let mut problems = Vec::new();
+    let mut parts = 0;
     for entry in &top {
         match (entry.key.as_str(), &entry.entries) {
             ("nodes", Some(nodes)) => {
-                for node in nodes {
-                    problems.extend(node_problem(path, text, node));
+                for node in nodes.iter().take(MAX_PARTS.saturating_sub(parts)) {
+                    problems.extend(node_problem(path, &excerpts, node));
                 }
+                parts += nodes.len();
             }
-            _ => problems.extend(key_problem(path, text, entry)),
+            _ if parts < MAX_PARTS => {
+                problems.extend(key_problem(path, &excerpts, entry));
+                parts += 1;
+            }
+            _ => {}
         }
     }
     if problems.is_empty() {
@@ -79,9 +120,9 @@ fn recover(path: &Path, text: &str, whole: &Error) -> Vec<Problem> {
 }
 
 /// The problem of one entry under `nodes:`, if its id or its value is malformed.
-fn node_problem(path: &Path, text: &str, node: &Entry) -> Option<Problem> {
+fn node_problem(path: &Path, excerpts: &outline::Excerpts<'_>, node: &Entry) -> Option<Problem> {
     let place = format!("node {}", node.key);
-    let id = outline::excerpt(text, node.key_span.clone());
+    let id = excerpts.part(node.key_span.clone());
     if let Err(err) = read::<NodeId>(&id) {
         let mut found = problem(path, &err).in_place(place);
         if found.line == 0 {
@@ -89,7 +130,7 @@ fn node_problem(path: &Path, text: &str, node: &Entry) -> Option<Problem> {
         }
         return Some(found);
     }
-    let value = outline::excerpt(text, node.value_span.clone());
+    let value = excerpts.part(node.value_span.clone());
     read::<Located<Node>>(&value)
         .err()
         .map(|err| problem(path, &err).in_place(place))
@@ -97,8 +138,8 @@ fn node_problem(path: &Path, text: &str, node: &Entry) -> Option<Problem> {
 
 /// The problem of one top-level `key: value`, read as a workflow of that key alone: an
 /// unknown key or a malformed value fails there, and the keys it lacks are ignored.
-fn key_problem(path: &Path, text: &str, entry: &Entry) -> Option<Problem> {
-    let alone = outline::excerpt(text, entry.key_span.start..entry.value_span.end);
+fn key_problem(path: &Path, excerpts: &outline::Excerpts<'_>, entry: &Entry) -> Option<Problem> {
+    let alone = excerpts.part(entry.key_span.start..entry.value_span.end);
     match read::<Workflow>(&alone) {
         Ok(_) => None,
         Err(err) => match err.without_snippet() {
@@ -259,7 +300,7 @@ mod tests {
             [
                 "w.yaml:7: unknown field `colour`, expected one of id, name, description, category, trigger, entry, goal, quiet_hours, start, nodes",
                 "w.yaml:8: entry: unknown variant `sometimes`, expected one of once, every_time, cooldown",
-                "w.yaml:11: node bad id: node id \"bad id\" may only hold letters, digits, '_', '-', '.', ':' and '@'",
+                "w.yaml:11: node bad id: node id \"bad id\" may only hold letters, digits, '_', '-', '.', ':', '@' and '+'",
             ]
         );
     }
@@ -323,5 +364,52 @@ mod tests {
             })
             .expect("a thread");
         handle.join().expect("no stack overflow, no panic");
+    }
+
+    /// Found by fuzzing: nested aliases ("billion laughs") in a webhook body, which takes
+    /// any YAML, expanded to 250 000 values before the parser's default budget stopped them:
+    /// 300 ms in a debug build, 0.3 s of a core per file. Now refused within the alias limit.
+    #[test]
+    fn nested_aliases_are_refused_before_they_expand() {
+        let mut anchors = String::from("        l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for level in 1..9 {
+            let aliases = vec![format!("*l{}", level - 1); 10].join(", ");
+            anchors.push_str(&format!("        l{level}: &l{level} [{aliases}]\n"));
+        }
+        let text = format!(
+            "id: laughs\nname: L\ntrigger: {{ event: {{ name: s }} }}\nstart: a\nnodes:\n  a:\n    webhook:\n      url: https://x.invalid/\n      body:\n{anchors}      next: done\n  done: exit\n"
+        );
+        let (problems, took) = timed(|| shown(&text));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("alias"), "{problems:?}");
+        assert!(took < std::time::Duration::from_millis(150), "took {took:?}");
+        // Aliases within the limits still work.
+        let shared = MINIMAL.replace("name: signup", "name: &n signup\n    where: [{ name: *n, eq: 1 }]");
+        assert!(parse(Path::new("w.yaml"), &shared).is_ok());
+    }
+
+    /// Found by fuzzing: a broken file of many parts was read again part by part, each
+    /// part cut out as a copy of the whole file: quadratic, 0.8 s for 1 000 lines of 23 kB
+    /// in a debug build. Now each cut is linear in its own lines and at most
+    /// [`MAX_PARTS`] are read.
+    #[test]
+    fn a_broken_file_of_many_parts_is_refused_quickly() {
+        let nodes: String = (0..3_000)
+            .map(|i| format!("  n{i}: {{ wait: {{ duration: x, next: done }} }}\n"))
+            .collect();
+        let text = format!("{MINIMAL}{nodes}");
+        let (problems, took) = timed(|| shown(&text));
+        assert_eq!(problems.len(), MAX_PARTS - 5, "{:?}", &problems[..3]);
+        assert!(problems[0].starts_with("w.yaml:9: node n0: invalid duration"));
+        assert!(took < std::time::Duration::from_millis(500), "took {took:?}");
+    }
+
+    /// How long `f` takes.
+    // Allowed in a test: it measures its own work; the product reads time via clock::Clock.
+    #[allow(clippy::disallowed_methods)]
+    fn timed<T>(f: impl FnOnce() -> T) -> (T, std::time::Duration) {
+        let start = std::time::Instant::now();
+        let value = f();
+        (value, start.elapsed())
     }
 }

@@ -2,7 +2,7 @@
 //! nested directly in it, each with its line and the byte ranges of its key and value.
 //!
 //! The loader uses it to recover after a format error: each part is cut out of the text
-//! with [`excerpt`] and deserialised on its own, so one bad node does not hide another.
+//! with [`Excerpts`] and deserialised on its own, so one bad node does not hide another.
 
 use std::ops::Range;
 
@@ -258,18 +258,50 @@ impl ByteOffsets {
     }
 }
 
-/// `text` with everything outside `keep` blanked to spaces, line breaks kept: a document of
-/// its own whose lines and columns are those of the whole file.
-pub(super) fn excerpt(text: &str, keep: Range<usize>) -> String {
-    text.char_indices()
-        .map(|(i, c)| {
-            if keep.contains(&i) || c == '\n' || c == '\r' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect()
+/// Cuts parts out of one text: each is a document of its own whose lines and columns are
+/// those of the whole file. The line breaks are indexed once, so cutting every part of a
+/// large file stays close to linear.
+pub(super) struct Excerpts<'a> {
+    text: &'a str,
+    /// The byte offset of every line break character (`\n` or `\r`).
+    positions: Vec<usize>,
+    /// Those characters, in order.
+    breaks: String,
+}
+
+impl<'a> Excerpts<'a> {
+    /// Indexes the line breaks of `text`.
+    pub(super) fn new(text: &'a str) -> Self {
+        let (positions, breaks) = text
+            .char_indices()
+            .filter(|(_, c)| *c == '\n' || *c == '\r')
+            .unzip();
+        Self {
+            text,
+            positions,
+            breaks,
+        }
+    }
+
+    /// The part in `keep`: the line breaks before it kept, the columns before it on its
+    /// first line blanked to spaces, and nothing after it.
+    pub(super) fn part(&self, keep: Range<usize>) -> String {
+        let end = keep.end.min(self.text.len());
+        let start = keep.start.min(end);
+        let (Some(before), Some(part)) = (self.text.get(..start), self.text.get(start..end))
+        else {
+            return String::new(); // Spans come from the parser and fall on characters.
+        };
+        let lines = self.positions.partition_point(|p| *p < start);
+        let line_start = lines
+            .checked_sub(1)
+            .map_or(0, |last| self.positions[last] + 1);
+        let mut out = String::with_capacity(lines + part.len() + 80);
+        out.push_str(&self.breaks[..lines]);
+        out.extend(std::iter::repeat_n(' ', before[line_start..].chars().count()));
+        out.push_str(part);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -307,8 +339,8 @@ mod tests {
     fn an_excerpt_keeps_lines_and_columns() {
         let top = outline(TEXT).expect("an outline").entries;
         let b = &top[1].entries.as_ref().expect("nodes")[1];
-        let doc = excerpt(TEXT, b.value_span.clone());
-        assert_eq!(doc.lines().count(), TEXT.lines().count());
+        let doc = Excerpts::new(TEXT).part(b.value_span.clone());
+        assert_eq!(doc.lines().count(), 7, "the lines up to the part's own");
         assert_eq!(
             doc.lines().nth(6),
             Some("     { send_sms: { template: t, next: c } }")
