@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use handlebars::Handlebars;
 use serde_json::Value;
 
+pub use check::{MAX_NESTING, MAX_TEMPLATE_BYTES, check_inline};
 pub use context::{ROOTS, render_context};
 
 use crate::workflow::Problem;
@@ -203,6 +204,10 @@ impl Templates {
             if cyclic.contains(name) {
                 continue;
             }
+            if let Err(message) = check::bounded(text) {
+                problems.push(Problem::at(file, 0, message));
+                continue;
+            }
             let compiled = set
                 .html
                 .register_partial(name, text.as_str())
@@ -256,6 +261,11 @@ impl Templates {
                         continue;
                     }
                 };
+                if let Err(message) = check::bounded(&text) {
+                    problems.push(Problem::at(&file, 0, message));
+                    ok = false;
+                    continue;
+                }
                 let name = format!("{folder}/{part}");
                 let target = if part == "html" {
                     &mut set.html
@@ -317,6 +327,9 @@ impl Templates {
     /// set: compile errors, unknown variables and partials, and (when `html`) unescaped
     /// output. `file` is used for messages. Registers nothing.
     pub fn check_source(&self, file: &Path, text: &str, html: bool) -> Vec<Problem> {
+        if let Err(message) = check::bounded(text) {
+            return vec![Problem::at(file, 0, message)];
+        }
         match handlebars::template::Template::compile(text) {
             Err(err) => vec![check::compile_problem(file, &err)],
             Ok(_) => {
@@ -383,10 +396,15 @@ impl Templates {
     }
 
     /// Renders an inline template string without escaping (webhook URLs, headers, bodies).
+    /// It must pass [`check_inline`]: bounded, and without partials or decorators.
     ///
     /// # Errors
     /// A compile or render failure.
     pub fn render_inline(&self, template: &str, context: &Value) -> Result<String, RenderError> {
+        if let Err(message) = check_inline(template) {
+            let source = handlebars::RenderErrorReason::Other(format!("this template {message}"));
+            return Err(self.located(None, source.into()));
+        }
         self.plain
             .render_template(template, context)
             .map_err(|source| self.located(None, source))

@@ -317,8 +317,8 @@ fn check_template(
 
 fn check_webhook(w: &Webhook, notes: &mut Vec<String>) {
     let compiles = |what: &str, text: &str, notes: &mut Vec<String>| {
-        if let Err(err) = handlebars::template::Template::compile(text) {
-            notes.push(format!("{what} is not a valid template: {}", err.reason()));
+        if let Err(message) = crate::template::check_inline(text) {
+            notes.push(format!("{what} {message}"));
         }
     };
     compiles("url", &w.url, notes);
