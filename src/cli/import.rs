@@ -219,7 +219,12 @@ pub fn events_from_csv(
 ) -> anyhow::Result<Vec<Row<(CustomerId, Event)>>> {
     Ok(text_rows(text)?
         .into_iter()
-        .map(|(line, cells)| (line, cells.map(event_from_cells).and_then(|v| to_event(v, now))))
+        .map(|(line, cells)| {
+            (
+                line,
+                cells.map(event_from_cells).and_then(|v| to_event(v, now)),
+            )
+        })
         .collect())
 }
 
@@ -366,7 +371,12 @@ fn parse_events(
     if is_csv(path) {
         return Ok(csv_rows(path)?
             .into_iter()
-            .map(|(line, cells)| (line, cells.map(event_from_cells).and_then(|v| to_event(v, now))))
+            .map(|(line, cells)| {
+                (
+                    line,
+                    cells.map(event_from_cells).and_then(|v| to_event(v, now)),
+                )
+            })
             .collect());
     }
     Ok(ndjson_rows(path)?

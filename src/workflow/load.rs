@@ -371,7 +371,8 @@ mod tests {
     /// 300 ms in a debug build, 0.3 s of a core per file. Now refused within the alias limit.
     #[test]
     fn nested_aliases_are_refused_before_they_expand() {
-        let mut anchors = String::from("        l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        let mut anchors =
+            String::from("        l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
         for level in 1..9 {
             let aliases = vec![format!("*l{}", level - 1); 10].join(", ");
             anchors.push_str(&format!("        l{level}: &l{level} [{aliases}]\n"));
@@ -382,9 +383,15 @@ mod tests {
         let (problems, took) = timed(|| shown(&text));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("alias"), "{problems:?}");
-        assert!(took < std::time::Duration::from_millis(150), "took {took:?}");
+        assert!(
+            took < std::time::Duration::from_millis(150),
+            "took {took:?}"
+        );
         // Aliases within the limits still work.
-        let shared = MINIMAL.replace("name: signup", "name: &n signup\n    where: [{ name: *n, eq: 1 }]");
+        let shared = MINIMAL.replace(
+            "name: signup",
+            "name: &n signup\n    where: [{ name: *n, eq: 1 }]",
+        );
         assert!(parse(Path::new("w.yaml"), &shared).is_ok());
     }
 
@@ -401,7 +408,10 @@ mod tests {
         let (problems, took) = timed(|| shown(&text));
         assert_eq!(problems.len(), MAX_PARTS - 5, "{:?}", &problems[..3]);
         assert!(problems[0].starts_with("w.yaml:9: node n0: invalid duration"));
-        assert!(took < std::time::Duration::from_millis(500), "took {took:?}");
+        assert!(
+            took < std::time::Duration::from_millis(500),
+            "took {took:?}"
+        );
     }
 
     /// How long `f` takes.

@@ -288,8 +288,7 @@ impl<'a> Excerpts<'a> {
     pub(super) fn part(&self, keep: Range<usize>) -> String {
         let end = keep.end.min(self.text.len());
         let start = keep.start.min(end);
-        let (Some(before), Some(part)) = (self.text.get(..start), self.text.get(start..end))
-        else {
+        let (Some(before), Some(part)) = (self.text.get(..start), self.text.get(start..end)) else {
             return String::new(); // Spans come from the parser and fall on characters.
         };
         let lines = self.positions.partition_point(|p| *p < start);
@@ -298,7 +297,10 @@ impl<'a> Excerpts<'a> {
             .map_or(0, |last| self.positions[last] + 1);
         let mut out = String::with_capacity(lines + part.len() + 80);
         out.push_str(&self.breaks[..lines]);
-        out.extend(std::iter::repeat_n(' ', before[line_start..].chars().count()));
+        out.extend(std::iter::repeat_n(
+            ' ',
+            before[line_start..].chars().count(),
+        ));
         out.push_str(part);
         out
     }
