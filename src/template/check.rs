@@ -25,7 +25,7 @@ pub const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
 pub const MAX_NESTING: usize = 32;
 /// handlebars locates each expression by counting from the start of the source, so
 /// compiling takes time in expressions × size; this bounds the sum of their offsets.
-const MAX_LOCATING: usize = 4_000_000;
+const MAX_LOCATING: usize = 3_000_000;
 
 /// Refuses a source that could not be compiled and rendered in bounded time and stack: too
 /// large, nested too deep, or too many expressions for its size. A cheap scan, before any
@@ -266,7 +266,18 @@ pub(super) fn scan(
     let Ok(template) = Template::compile(text) else {
         return; // Already reported as a compile problem.
     };
-    visit(&template, &mut |element, line| {
+    scan_compiled(file, &template, html, partials, problems);
+}
+
+/// [`scan`] of a template already compiled.
+pub(super) fn scan_compiled(
+    file: &Path,
+    template: &Template,
+    html: bool,
+    partials: &BTreeSet<String>,
+    problems: &mut Vec<Problem>,
+) {
+    visit(template, &mut |element, line| {
         if let TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) =
             element
         {
@@ -278,7 +289,7 @@ pub(super) fn scan(
         }
     });
     let mut refs = Vec::new();
-    partial_refs(&template, &mut refs);
+    partial_refs(template, &mut refs);
     for (name, line) in refs {
         match name {
             Some(name) if name == "@partial-block" || partials.contains(&name) => {}
@@ -294,9 +305,9 @@ pub(super) fn scan(
             )),
         }
     }
-    walk(&template, file, problems);
+    walk(template, file, problems);
     if html {
-        unescaped(&template, file, problems);
+        unescaped(template, file, problems);
     }
 }
 

@@ -332,9 +332,9 @@ impl Templates {
         }
         match handlebars::template::Template::compile(text) {
             Err(err) => vec![check::compile_problem(file, &err)],
-            Ok(_) => {
+            Ok(template) => {
                 let mut problems = Vec::new();
-                check::scan(file, text, html, &self.partials, &mut problems);
+                check::scan_compiled(file, &template, html, &self.partials, &mut problems);
                 problems
             }
         }
