@@ -10,6 +10,7 @@ mod crash;
 mod engine;
 mod engine_props;
 mod faults;
+mod fuzz;
 mod helpers;
 mod import;
 mod inbound;
