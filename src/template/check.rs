@@ -18,8 +18,9 @@ const HELPERS: &[&str] = &[
     "lte", "and", "or", "not", "date", "money", "default",
 ];
 
-/// The largest template source: far above any email, and a bound on compile time.
-pub const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
+/// The largest template source: above any email (Gmail clips a message over 102 kB), and a
+/// bound on compile time.
+pub const MAX_TEMPLATE_BYTES: usize = 128 * 1024;
 /// The deepest nesting of blocks, or of subexpressions within one expression: handlebars
 /// compiles, checks and renders them by recursion.
 pub const MAX_NESTING: usize = 32;

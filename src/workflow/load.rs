@@ -16,6 +16,22 @@ use crate::model::NodeId;
 /// written by hand: without them, a few lines of nested aliases ("billion laughs") expand to
 /// hundreds of thousands of values, and a file takes seconds to be refused.
 const MAX_NODES: usize = 50_000;
+/// The largest workflow or segments file: far above any written by hand, and a bound on the
+/// time a file takes to be read (or refused).
+pub const MAX_FILE_BYTES: usize = 256 * 1024;
+
+/// The problem of a file larger than [`MAX_FILE_BYTES`], with what to do instead.
+pub(super) fn too_large(path: &Path, advice: &str) -> Problem {
+    Problem::at(
+        path,
+        0,
+        format!(
+            "the file is larger than {} KiB: {advice}",
+            MAX_FILE_BYTES / 1024
+        ),
+    )
+}
+
 /// Values copied by aliases, in all.
 const MAX_REPLAYED: usize = 10_000;
 
@@ -47,6 +63,9 @@ pub(super) fn read<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, Er
 /// Every YAML or type error found, each located at its line and, when it is in one, named
 /// by its node (`node remind`) or top-level key (`trigger`).
 pub fn parse(path: &Path, text: &str) -> Result<Workflow, Vec<Problem>> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(vec![too_large(path, "split it into several workflows")]);
+    }
     let mut workflow: Workflow = read(text).map_err(|err| recover(path, text, &err))?;
     workflow.source = Source {
         path: path.to_owned(),
@@ -411,6 +430,23 @@ mod tests {
         assert!(
             took < std::time::Duration::from_millis(500),
             "took {took:?}"
+        );
+    }
+
+    /// Found by fuzzing: a 2 MB file took 0.1 s to be refused in a debug build.
+    #[test]
+    fn a_file_larger_than_the_limit_is_refused_at_once() {
+        let text = format!("{MINIMAL}description: {}\n", "x".repeat(2 << 20));
+        let (problems, took) = timed(|| shown(&text));
+        assert_eq!(
+            problems,
+            ["w.yaml: the file is larger than 256 KiB: split it into several workflows"]
+        );
+        assert!(took < std::time::Duration::from_millis(20), "took {took:?}");
+        let (_, problems) = super::super::parse_segments(Path::new("s.yaml"), &text);
+        assert!(
+            problems[0].message.contains("larger than 256 KiB"),
+            "{problems:?}"
         );
     }
 

@@ -87,6 +87,13 @@ pub fn parse_segments(file: &Path, text: &str) -> (Vec<SegmentDef>, Vec<Problem>
 /// Adds the segments of `text` to `defs`, after those already there, and their problems
 /// to `problems`.
 fn read_segments(file: &Path, text: &str, defs: &mut Vec<SegmentDef>, problems: &mut Vec<Problem>) {
+    if text.len() > super::load::MAX_FILE_BYTES {
+        problems.push(super::load::too_large(
+            file,
+            "split its segments over files in segments/",
+        ));
+        return;
+    }
     let parsed: SegmentsFile = match super::load::read(text) {
         Ok(parsed) => parsed,
         Err(err) => {
