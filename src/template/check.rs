@@ -54,6 +54,20 @@ pub(super) fn bounded(text: &str) -> Result<(), String> {
             {
                 i += 1;
             }
+            if bytes[i..].starts_with(b"!--") {
+                // handlebars reads an unclosed `{{!--` as a short comment, but only after
+                // looking for its `--}}` to the end: once per comment, quadratic in all.
+                let closed = ["--}}", "--~}}"]
+                    .iter()
+                    .filter_map(|close| text[i + 3..].find(close).map(|at| at + close.len()))
+                    .min();
+                let Some(length) = closed else {
+                    return Err("a comment opened with {{!-- is not closed with --}}".into());
+                };
+                i += 3 + length;
+                inside = false;
+                continue;
+            }
             match bytes.get(i) {
                 Some(b'#') => blocks += 1,
                 Some(b'/') => blocks = blocks.saturating_sub(1),

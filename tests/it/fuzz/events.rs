@@ -2,7 +2,6 @@
 //! batches as `POST /v1/events/batch` reads them (a JSON array, or NDJSON).
 
 use jiff::Timestamp;
-use serde_json::{Map, Value, json};
 use trellis::api::ApiError;
 use trellis::api::error::parse_json;
 use trellis::api::events::{EventIn, parse_batch};
@@ -61,49 +60,93 @@ fn text(rng: &mut Rng) -> String {
     }
 }
 
-/// Any JSON value, up to `depth` levels of arrays and objects.
-fn value(rng: &mut Rng, depth: usize) -> Value {
+/// A JSON string of [`text`].
+fn quoted(rng: &mut Rng) -> String {
+    serde_json::to_string(&text(rng)).expect("a string serialises")
+}
+
+/// Any JSON value, up to `depth` levels of arrays and objects, written out directly (cheaper
+/// than building a `Value` in a debug build).
+fn value(rng: &mut Rng, depth: usize, out: &mut String) {
     match rng.below(if depth == 0 { 5 } else { 7 }) {
-        0 => Value::Null,
-        1 => Value::Bool(rng.one_in(2)),
-        2 if rng.one_in(4) => json!(u64::MAX),
-        2 => json!(*rng.pick(&[i64::MIN, i64::MAX, 0, -1, 9_007_199_254_740_993])),
-        3 => json!(*rng.pick(&[f64::MAX, f64::MIN_POSITIVE, -0.0, 1e-300, 0.1])),
-        4 => Value::String(text(rng)),
-        5 => Value::Array((0..rng.below(4)).map(|_| value(rng, depth - 1)).collect()),
-        _ => Value::Object(
-            (0..rng.below(4))
-                .map(|_| (text(rng), value(rng, depth - 1)))
-                .collect(),
-        ),
+        0 => out.push_str("null"),
+        1 => out.push_str(if rng.one_in(2) { "true" } else { "false" }),
+        2 => out.push_str(*rng.pick(&[
+            "-9223372036854775808",
+            "9223372036854775807",
+            "18446744073709551615",
+            "0",
+            "-1",
+            "9007199254740993",
+        ])),
+        3 => out.push_str(*rng.pick(&[
+            "1.7976931348623157e308",
+            "2.2250738585072014e-308",
+            "-0.0",
+            "1e-300",
+            "0.1",
+        ])),
+        4 => out.push_str(&quoted(rng)),
+        5 => {
+            out.push('[');
+            for i in 0..rng.below(4) {
+                if i > 0 {
+                    out.push(',');
+                }
+                value(rng, depth - 1, out);
+            }
+            out.push(']');
+        }
+        _ => {
+            out.push('{');
+            for i in 0..rng.below(4) {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&quoted(rng));
+                out.push(':');
+                value(rng, depth - 1, out);
+            }
+            out.push('}');
+        }
     }
 }
 
 /// An event object: each field well formed, of the wrong type, hostile or absent.
-fn event(rng: &mut Rng) -> Value {
-    let mut object = Map::new();
+fn event(rng: &mut Rng) -> String {
+    let mut out = String::from("{");
+    let mut first = true;
     for field in ["id", "customer_id", "name", "timestamp", "properties"] {
         if rng.one_in(6) {
             continue;
         }
-        let good = match field {
-            "id" => json!(format!("e{}", rng.below(1000))),
-            "customer_id" => json!("ada"),
-            "name" => json!("order_completed"),
-            "timestamp" => json!("2026-03-02T15:00:00Z"),
-            _ => json!({ "value": 20, "items": [{ "sku": "A1" }] }),
-        };
-        let chosen = match rng.below(4) {
-            0 | 1 => good,
-            2 => Value::String(text(rng)),
-            _ => value(rng, 3),
-        };
-        object.insert(field.into(), chosen);
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(&format!("\"{field}\":"));
+        match rng.below(4) {
+            0 | 1 => out.push_str(&match field {
+                "id" => format!("\"e{}\"", rng.below(1000)),
+                "customer_id" => "\"ada\"".into(),
+                "name" => "\"order_completed\"".into(),
+                "timestamp" => "\"2026-03-02T15:00:00Z\"".into(),
+                _ => "{\"value\":20,\"items\":[{\"sku\":\"A1\"}]}".into(),
+            }),
+            2 => out.push_str(&quoted(rng)),
+            _ => value(rng, 3, &mut out),
+        }
     }
     if rng.one_in(20) {
-        object.insert(text(rng), value(rng, 1));
+        if !first {
+            out.push(',');
+        }
+        out.push_str(&quoted(rng));
+        out.push(':');
+        value(rng, 1, &mut out);
     }
-    Value::Object(object)
+    out.push('}');
+    out
 }
 
 /// An event body: generated, a mutated generated one, or raw bytes.
@@ -111,11 +154,11 @@ fn event_body(rng: &mut Rng) -> Vec<u8> {
     match rng.below(8) {
         0 => raw(rng, 256),
         1..=3 => {
-            let seed = event(rng).to_string().into_bytes();
-            let other = event(rng).to_string().into_bytes();
+            let seed = event(rng).into_bytes();
+            let other = event(rng).into_bytes();
             mutate(rng, &seed, &other, JSON_TOKENS, JSON_NESTING)
         }
-        _ => event(rng).to_string().into_bytes(),
+        _ => event(rng).into_bytes(),
     }
 }
 
@@ -153,12 +196,14 @@ fn batch(rng: &mut Rng) -> (bool, Vec<u8>) {
         .map(|_| {
             if count > 100 {
                 // A full batch: well-formed events, the last few perhaps not.
-                json!({ "customer_id": format!("c{}", rng.below(100)), "name": "order_completed",
-                        "properties": { "value": rng.below(1000) } })
-                .to_string()
+                format!(
+                    "{{\"customer_id\":\"c{}\",\"name\":\"order_completed\",\"properties\":{{\"value\":{}}}}}",
+                    rng.below(100),
+                    rng.below(1000)
+                )
                 .into_bytes()
             } else if !rng.one_in(4) {
-                event(rng).to_string().into_bytes()
+                event(rng).into_bytes()
             } else {
                 event_body(rng)
             }
@@ -167,7 +212,8 @@ fn batch(rng: &mut Rng) -> (bool, Vec<u8>) {
     let mut body = if ndjson {
         let mut body = Vec::new();
         for line in events {
-            body.extend(line.iter().filter(|b| **b != b'\n'));
+            // A newline inside an event (from a mutation) makes two hostile lines.
+            body.extend_from_slice(&line);
             body.extend_from_slice(if rng.one_in(10) { b"\r\n\n  \n" } else { b"\n" });
         }
         body

@@ -140,6 +140,11 @@ pub fn run(target: &str, mut generate: impl FnMut(&mut Rng) -> Vec<u8>, check: i
     let mut rng = Rng::for_target(target);
     let mut slowest = Duration::ZERO;
     let mut slowest_input = Vec::new();
+    let (mut total, mut big, mut bigs) = (Duration::ZERO, Duration::ZERO, 0);
+    let begun = timed(|| ()).1;
+    let _ = begun;
+    #[allow(clippy::disallowed_methods)]
+    let wall = std::time::Instant::now();
     let mut failures: Vec<Failure> = Vec::new();
     let mut panics = 0usize;
     // A stack overflow aborts the process before the input can be reported: with
@@ -151,14 +156,19 @@ pub fn run(target: &str, mut generate: impl FnMut(&mut Rng) -> Vec<u8>, check: i
             save(target, usize::MAX, &input);
         }
         let (mut result, mut elapsed) = timed(|| check(&input));
-        // Two cores are shared: a slow input is measured again before it counts as slow.
-        for _ in 0..2 {
+        // The cores are shared: a slow input is measured again before it counts as slow.
+        for _ in 0..4 {
             if result.is_err() || elapsed <= LIMIT {
                 break;
             }
             let (again, time) = timed(|| check(&input));
             result = again;
             elapsed = elapsed.min(time);
+        }
+        total += elapsed;
+        if input.len() > 65_536 {
+            big += elapsed;
+            bigs += 1;
         }
         if elapsed > slowest {
             slowest = elapsed;
@@ -184,6 +194,10 @@ pub fn run(target: &str, mut generate: impl FnMut(&mut Rng) -> Vec<u8>, check: i
             });
         }
     }
+    eprintln!(
+        "TMP {target}: wall {:?} checks {total:?} big {bigs} {big:?}",
+        wall.elapsed()
+    );
     // The slowest input is kept for a look at what takes time, as `<target>-slowest.bin`.
     save(target, usize::MAX - 1, &slowest_input);
     if !failures.is_empty() {

@@ -48,6 +48,9 @@ pub const HOSTILE: &[&str] = &[
     "[]",
 ];
 
+/// The largest input a mutation makes: 2 MiB, twice the API's body limit.
+const MAX_INPUT: usize = 2 << 20;
+
 /// Every file under `dir` (recursively) whose name ends in one of `extensions`, as bytes.
 pub fn corpus(dir: &Path, extensions: &[&str], out: &mut Vec<Vec<u8>>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -88,16 +91,11 @@ fn at(rng: &mut Rng, input: &[u8]) -> usize {
 
 /// A byte offset at the start of a line, for line-based formats.
 fn line_start(rng: &mut Rng, input: &[u8]) -> usize {
-    let starts: Vec<usize> = std::iter::once(0)
-        .chain(
-            input
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| **b == b'\n')
-                .map(|(i, _)| i + 1),
-        )
-        .collect();
-    *rng.pick(&starts)
+    let at = at(rng, input);
+    input[..at]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1)
 }
 
 /// Applies one to four mutations to a copy of a seed: a byte changed or its bit flipped, a
@@ -186,7 +184,9 @@ pub fn mutate(
                     .iter()
                     .position(|b| *b == b'\n')
                     .map_or(len, |p| start + p + 1);
-                let lines = input[start..end].repeat(rng.size(2_000));
+                let line = &input[start..end];
+                let times = rng.size(2_000).min(MAX_INPUT / line.len().max(1));
+                let lines = line.repeat(times);
                 input.splice(end..end, lines);
             }
             _ => {
@@ -195,6 +195,7 @@ pub fn mutate(
                 input.splice(to..to, noise);
             }
         }
+        input.truncate(MAX_INPUT);
     }
     input
 }
