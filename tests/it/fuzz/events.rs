@@ -71,7 +71,7 @@ fn value(rng: &mut Rng, depth: usize, out: &mut String) {
     match rng.below(if depth == 0 { 5 } else { 7 }) {
         0 => out.push_str("null"),
         1 => out.push_str(if rng.one_in(2) { "true" } else { "false" }),
-        2 => out.push_str(*rng.pick(&[
+        2 => out.push_str(rng.pick::<&str>(&[
             "-9223372036854775808",
             "9223372036854775807",
             "18446744073709551615",
@@ -79,7 +79,7 @@ fn value(rng: &mut Rng, depth: usize, out: &mut String) {
             "-1",
             "9007199254740993",
         ])),
-        3 => out.push_str(*rng.pick(&[
+        3 => out.push_str(rng.pick::<&str>(&[
             "1.7976931348623157e308",
             "2.2250738585072014e-308",
             "-0.0",
