@@ -6,9 +6,9 @@
 //! dictionary tokens, long runs, deep nesting), structure-aware generators, and raw bytes.
 //! The property: no input panics, each is handled within [`LIMIT`] (wall time, or for an
 //! input over it, the CPU time of its best of four more runs, since the cores are shared),
-//! and a refusal is an `Err` that says something. A failing input is saved under the Cargo target's temporary
-//! folder and named in the failure; the generator is seeded (`TRELLIS_FUZZ_SEED`), so a
-//! run is repeatable. On success each target prints one line for the soak script:
+//! and a refusal is an `Err` that says something. A failing input is saved under the Cargo
+//! target's temporary folder (`fuzz-failures/`) and named in the failure; the generator is
+//! seeded (`TRELLIS_FUZZ_SEED`), so a run is repeatable. On success each target prints one line for the soak script:
 //! `RELIABILITY fuzz <target>: <N> inputs, 0 panics, slowest <ms> ms`.
 
 mod csv;
@@ -117,17 +117,11 @@ struct Failure {
     input: Vec<u8>,
 }
 
-/// Where failing inputs are written, to be replayed by a regression test.
-fn save(target: &str, case: usize, input: &[u8]) -> PathBuf {
+/// Saves an input as `fuzz-failures/<target>-<name>.bin` under the Cargo target's temporary
+/// folder, to be replayed by a regression test, and returns where.
+fn save(target: &str, name: &str, input: &[u8]) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-failures");
-    let name = if case == usize::MAX {
-        format!("{target}-current.bin")
-    } else if case == usize::MAX - 1 {
-        format!("{target}-slowest.bin")
-    } else {
-        format!("{target}-{case}.bin")
-    };
-    let file = dir.join(name);
+    let file = dir.join(format!("{target}-{name}.bin"));
     let _ = std::fs::create_dir_all(&dir);
     let _ = std::fs::write(&file, input);
     file
@@ -157,7 +151,7 @@ pub fn run(target: &str, mut generate: impl FnMut(&mut Rng) -> Vec<u8>, check: i
     for case in 0..n {
         let input = generate(&mut rng);
         if trace {
-            save(target, usize::MAX, &input);
+            save(target, "current", &input);
         }
         let (mut result, mut elapsed) = timed(|| check(&input));
         // The cores are shared: an input over the limit is run again, timed by the CPU time
@@ -189,7 +183,7 @@ pub fn run(target: &str, mut generate: impl FnMut(&mut Rng) -> Vec<u8>, check: i
         if let Some(what) = what
             && failures.len() < 10
         {
-            let saved = save(target, case, &input);
+            let saved = save(target, &case.to_string(), &input);
             failures.push(Failure {
                 case,
                 what,
@@ -199,7 +193,7 @@ pub fn run(target: &str, mut generate: impl FnMut(&mut Rng) -> Vec<u8>, check: i
         }
     }
     // The slowest input is kept for a look at what takes time, as `<target>-slowest.bin`.
-    save(target, usize::MAX - 1, &slowest_input);
+    save(target, "slowest", &slowest_input);
     if !failures.is_empty() {
         let shown: Vec<String> = failures
             .iter()
