@@ -128,11 +128,93 @@ fn clear(problems: &[Problem]) {
     }
 }
 
-/// Generates from `seeds`: mutations mostly, sometimes raw bytes or a billion laughs.
+/// Values a [`substitute`] puts in place of a seed's: huge and odd numbers, durations, cron
+/// expressions, times, zones, YAML oddities, hostile text and templates.
+const YAML_VALUES: &[&str] = &[
+    "99999999999999999999d",
+    "9223372036854775807s",
+    "-9223372036854775808s",
+    "106751991167300d",
+    "5200w",
+    "0s",
+    "-1s",
+    "1h-30m",
+    "1.5d",
+    "1e9w",
+    "\"0 0 30 2 *\"",
+    "\"*/0 * * * *\"",
+    "\"99999999999999999999 * * * *\"",
+    "\"0 0 31 4 MON#5\"",
+    "\"* * * * * *\"",
+    "\"@yearly\"",
+    "\"0 0 L W *\"",
+    "\"59 23 31 12 7\"",
+    "\"0-4294967296 * * * *\"",
+    "Mars/Olympus",
+    "\"../../../etc/passwd\"",
+    "customer",
+    "\"25:61\"",
+    "\"24:00\"",
+    "\"-00:01\"",
+    "4294967296",
+    "-1",
+    "18446744073709551616",
+    "1e308",
+    "-0",
+    ".nan",
+    "~",
+    "\"\"",
+    "\"\\0\"",
+    "\"\\u202e\"",
+    "\"\\ud800\"",
+    "[]",
+    "{}",
+    "[[[[[[[[]]]]]]]]",
+    "*a",
+    "&a x",
+    "!!binary AAAA",
+    "\"{{#*inline \\\"a\\\"}}{{> a}}{{/inline}}{{> a}}\"",
+    "\"{{#if}}\"",
+    "\"https://x.invalid/{{customer.id}}{{{{raw}}}}\"",
+];
+
+/// A seed with one to three `key: value` lines given a hostile value: structure kept, so
+/// the value reaches its type's parser and the validator.
+fn substitute(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(seed);
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let keyed: Vec<(usize, usize)> = lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, line)| line.find(": ").map(|at| (i, at + 2)))
+        .collect();
+    if keyed.is_empty() {
+        return seed.to_vec();
+    }
+    for _ in 0..1 + rng.below(3) {
+        let (i, at) = *rng.pick(&keyed);
+        let value = if rng.one_in(20) {
+            "x".repeat(rng.size(60_000))
+        } else {
+            (*rng.pick(YAML_VALUES)).to_owned()
+        };
+        lines[i] = format!("{}{value}", &lines[i][..at]);
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out.into_bytes()
+}
+
+/// Generates from `seeds`: mutations mostly, hostile values in place, sometimes raw bytes or
+/// a billion laughs.
 fn generator(seeds: Vec<Vec<u8>>) -> impl FnMut(&mut Rng) -> Vec<u8> {
     move |rng| match rng.below(64) {
         0..=3 => raw(rng, 1024),
         4 => laughs(rng).into_bytes(),
+        6..=21 => {
+            let seed = rng.pick(&seeds).clone();
+            substitute(rng, &seed)
+        }
         5 => {
             let seed = rng.pick(&seeds).clone();
             let other = laughs(rng).into_bytes();
