@@ -205,12 +205,48 @@ fn substitute(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// Generates from `seeds`: mutations mostly, hostile values in place, sometimes raw bytes or
-/// a billion laughs.
+/// A workflow of many nodes that do not wait, each with edges to random others: long chains
+/// and cycles for the validator's graph checks.
+fn graph(rng: &mut Rng) -> Vec<u8> {
+    let n = rng.size(1_200);
+    let mut text =
+        String::from("id: graph\nname: G\ntrigger: { event: { name: s } }\nstart: n0\nnodes:\n");
+    let next = |rng: &mut Rng, i: usize| {
+        if rng.one_in(4) {
+            format!("n{}", rng.below(n))
+        } else {
+            format!("n{}", (i + 1) % (n + 1))
+        }
+    };
+    for i in 0..n {
+        let line = match rng.below(3) {
+            0 => format!(
+                "  n{i}: {{ branch: {{ cases: [{{ when: {{ has_tag: x }}, next: {} }}], else: {} }} }}\n",
+                next(rng, i),
+                next(rng, i)
+            ),
+            1 if rng.one_in(8) => format!(
+                "  n{i}: {{ wait: {{ duration: 1d, next: {} }} }}\n",
+                next(rng, i)
+            ),
+            _ => format!(
+                "  n{i}: {{ update: {{ add_tags: [x], next: {} }} }}\n",
+                next(rng, i)
+            ),
+        };
+        text.push_str(&line);
+    }
+    text.push_str(&format!("  n{n}: exit\n"));
+    text.into_bytes()
+}
+
+/// Generates from `seeds`: mutations mostly, hostile values in place, sometimes raw bytes, a
+/// billion laughs, or a large graph.
 fn generator(seeds: Vec<Vec<u8>>) -> impl FnMut(&mut Rng) -> Vec<u8> {
     move |rng| match rng.below(64) {
         0..=3 => raw(rng, 1024),
         4 => laughs(rng).into_bytes(),
+        22 => graph(rng),
         6..=21 => {
             let seed = rng.pick(&seeds).clone();
             substitute(rng, &seed)
