@@ -12,7 +12,7 @@ use super::{
     Comparison, Condition, Entry, Node, Problem, SegmentDef, Split, Trigger, Wait, Webhook,
     Workflow,
 };
-use crate::engine::time::parse_cron;
+use crate::engine::time::{next_cron, parse_cron};
 use crate::model::{NodeId, check_zone};
 use crate::template::Templates;
 
@@ -348,6 +348,9 @@ fn check_webhook(w: &Webhook, notes: &mut Vec<String>) {
     }
 }
 
+/// 2026-01-01T00:00:00Z: where the validator looks for a schedule's next run.
+const SCHEDULE_CHECKED_FROM: i64 = 1_767_225_600;
+
 fn check_trigger(trigger: &Trigger, notes: &mut Vec<String>) {
     match trigger {
         Trigger::Event(t) => {
@@ -362,8 +365,20 @@ fn check_trigger(trigger: &Trigger, notes: &mut Vec<String>) {
             }
         }
         Trigger::Schedule(s) => {
-            if let Err(err) = parse_cron(&s.cron) {
-                notes.push(err);
+            match parse_cron(&s.cron) {
+                Err(err) => notes.push(err),
+                // Such as `0 0 30 2 *`: a schedule that would never run (croner searches a
+                // few years ahead; a fixed instant keeps the validator pure).
+                Ok(cron) => {
+                    let since = jiff::Timestamp::from_second(SCHEDULE_CHECKED_FROM);
+                    if since.is_ok_and(|t| next_cron(&cron, &jiff::tz::TimeZone::UTC, t).is_none())
+                    {
+                        notes.push(format!(
+                            "cron expression {:?} never fires (a day such as February 30?)",
+                            s.cron
+                        ));
+                    }
+                }
             }
             if let Some(zone) = &s.timezone
                 && !s.per_customer_zone()
@@ -650,6 +665,30 @@ mod tests {
             took < std::time::Duration::from_millis(250),
             "took {took:?}"
         );
+    }
+
+    /// A schedule that can never run is a problem, found quickly.
+    #[test]
+    fn a_cron_that_never_fires_is_a_problem() {
+        let dir = tempfile::tempdir().expect("a folder");
+        let (templates, _) = Templates::load(dir.path());
+        for (cron, says) in [
+            ("0 0 30 2 *", "never fires"),
+            ("0 0 31 2,4,6,9,11 *", "never fires"),
+            (",,,, * * * *", "has an empty item"),
+        ] {
+            let text = format!(
+                "id: g\nname: G\ntrigger: {{ schedule: {{ cron: \"{cron}\" }} }}\nstart: done\nnodes:\n  done: exit\n"
+            );
+            let wf = super::super::parse(Path::new("g.yaml"), &text).expect("parses");
+            let (problems, took) = timed(|| validate(&wf, &templates));
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].message.contains(says), "{problems:?}");
+            assert!(
+                took < std::time::Duration::from_millis(250),
+                "{cron}: took {took:?}"
+            );
+        }
     }
 
     /// A loop of many nodes is named by its ends and its length, not node by node.
