@@ -13,9 +13,10 @@
 
 mod csv;
 mod events;
+// Workflow and segment files; named so that the longest target starts among the first.
+mod files;
 mod mutate;
 mod templates;
-mod workflows;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
