@@ -25,20 +25,27 @@ use std::time::Duration;
 /// The most time one input may take, in the debug test profile too.
 pub const LIMIT: Duration = Duration::from_millis(100);
 
-/// How many inputs each target runs: `TRELLIS_FUZZ_CASES`, default 100 000.
+/// How many inputs each target runs: `TRELLIS_FUZZ_CASES` (digits, `_` allowed), default
+/// 100 000.
 pub fn cases() -> usize {
-    std::env::var("TRELLIS_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.trim().replace('_', "").parse().ok())
-        .unwrap_or(100_000)
+    number("TRELLIS_FUZZ_CASES").map_or(100_000, |n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// A whole number from the environment, if set; a value that is not one stops the run
+/// rather than falling back to a default silently.
+fn number(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    let digits = value.trim().replace('_', "");
+    Some(
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a whole number")),
+    )
 }
 
 /// The generator's seed: `TRELLIS_FUZZ_SEED`, or a fixed default so CI is repeatable.
 fn seed() -> u64 {
-    std::env::var("TRELLIS_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0x7e11_15f0_22ed)
+    number("TRELLIS_FUZZ_SEED").unwrap_or(0x7e11_15f0_22ed)
 }
 
 /// A small, fast, seedable generator (SplitMix64): cheap enough for 10^5 inputs in debug.
