@@ -184,6 +184,48 @@ pub(super) async fn post_one(
     Ok((status, Json(json!({ "status": inserted }))))
 }
 
+/// The events of a batch body, each checked, in order: a JSON array of events, or NDJSON
+/// (one event a line, blank lines skipped) when `ndjson` is set. Pure: nothing is stored.
+///
+/// # Errors
+/// Malformed JSON (naming the NDJSON line), more than [`MAX_BATCH`] events, or an invalid
+/// event (naming its index).
+pub fn parse_batch(
+    body: &[u8],
+    ndjson: bool,
+    now: Timestamp,
+) -> Result<Vec<(CustomerId, Event)>, ApiError> {
+    let raw: Vec<Value> = if ndjson {
+        body.split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|(i, line)| {
+                serde_json::from_slice(line)
+                    .map_err(|e| ApiError::from_json(&e, &format!("line {}", i + 1)))
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        parse_json(body)?
+    };
+    if raw.len() > MAX_BATCH {
+        return Err(ApiError::InvalidField(format!(
+            "a batch holds at most {MAX_BATCH} events, not {}",
+            raw.len()
+        )));
+    }
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, value)| {
+            serde_json::from_value::<EventIn>(value)
+                .map_err(|e| ApiError::InvalidField(format!("event {i}: {e}")))
+                .and_then(|e| {
+                    e.into_event(now)
+                        .map_err(|err| ApiError::InvalidField(format!("event {i}: {err}")))
+                })
+        })
+        .collect()
+}
+
 /// Up to [`MAX_BATCH`] events as a JSON array or NDJSON (`Content-Type:
 /// application/x-ndjson`). Every event is checked before any is stored.
 pub(super) async fn post_batch(
@@ -197,37 +239,7 @@ pub(super) async fn post_batch(
         .is_some_and(|v| {
             v.starts_with("application/x-ndjson") || v.starts_with("application/jsonl")
         });
-    let raw: Vec<Value> = if ndjson {
-        body.split(|b| *b == b'\n')
-            .enumerate()
-            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
-            .map(|(i, line)| {
-                serde_json::from_slice(line)
-                    .map_err(|e| ApiError::from_json(&e, &format!("line {}", i + 1)))
-            })
-            .collect::<Result<_, _>>()?
-    } else {
-        parse_json(&body)?
-    };
-    if raw.len() > MAX_BATCH {
-        return Err(ApiError::InvalidField(format!(
-            "a batch holds at most {MAX_BATCH} events, not {}",
-            raw.len()
-        )));
-    }
-    let now = state.clock.now();
-    let events = raw
-        .into_iter()
-        .enumerate()
-        .map(|(i, value)| {
-            serde_json::from_value::<EventIn>(value)
-                .map_err(|e| ApiError::InvalidField(format!("event {i}: {e}")))
-                .and_then(|e| {
-                    e.into_event(now)
-                        .map_err(|err| ApiError::InvalidField(format!("event {i}: {err}")))
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let events = parse_batch(&body, ndjson, state.clock.now())?;
     let results = store_events(&state, &events).await?;
     let accepted = results.iter().filter(|r| **r == Inserted::Accepted).count();
     Ok((

@@ -48,7 +48,7 @@ pub struct Args {
 }
 
 /// One row, parsed or refused, with its line number.
-type Row<T> = (usize, Result<T, String>);
+pub type Row<T> = (usize, Result<T, String>);
 
 /// The type a CSV column declares in its header (`age:number`); undeclared columns are text,
 /// so a phone `+15551230007`, an id `007` or a zip `02134` arrive exactly as written.
@@ -132,10 +132,24 @@ fn parse_flag(text: &str) -> Option<bool> {
 
 /// The CSV's rows as maps from column name to value, or why a row is unreadable.
 fn csv_rows(path: &Path) -> anyhow::Result<Vec<Row<Map<String, Value>>>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(false)
+    let reader = csv_reader()
         .from_path(path)
         .with_context(|| format!("reading {}", path.display()))?;
+    rows_of(reader, &path.display().to_string())
+}
+
+/// How every CSV is read: a header, then one value per column on every row.
+fn csv_reader() -> csv::ReaderBuilder {
+    let mut builder = csv::ReaderBuilder::new();
+    builder.flexible(false);
+    builder
+}
+
+/// The rows of an open CSV reader; `name` names the source in messages.
+fn rows_of<R: std::io::Read>(
+    mut reader: csv::Reader<R>,
+    name: &str,
+) -> anyhow::Result<Vec<Row<Map<String, Value>>>> {
     let columns: Vec<Column> = reader
         .headers()
         .context("reading the CSV header")?
@@ -143,12 +157,11 @@ fn csv_rows(path: &Path) -> anyhow::Result<Vec<Row<Map<String, Value>>>> {
         .enumerate()
         .map(|(i, h)| Column::parse(h, i + 1))
         .collect::<anyhow::Result<_>>()
-        .with_context(|| format!("reading the header of {}", path.display()))?;
+        .with_context(|| format!("reading the header of {name}"))?;
     for (i, column) in columns.iter().enumerate() {
         if let Some(j) = columns[..i].iter().position(|c| c.name == column.name) {
             bail!(
-                "{}: columns {} and {} are both named {:?}",
-                path.display(),
+                "{name}: columns {} and {} are both named {:?}",
                 j + 1,
                 i + 1,
                 column.name
@@ -171,6 +184,46 @@ fn csv_rows(path: &Path) -> anyhow::Result<Vec<Row<Map<String, Value>>>> {
                     Ok(cells)
                 });
             (i + 2, cells)
+        })
+        .collect())
+}
+
+/// The rows of CSV text, as read from a file: the pure part of `csv_rows`.
+fn text_rows(text: &str) -> anyhow::Result<Vec<Row<Map<String, Value>>>> {
+    rows_of(csv_reader().from_reader(text.as_bytes()), "the CSV")
+}
+
+/// Customers from CSV text, as `trellis import customers FILE.csv` reads them: each row
+/// parsed or refused with its line and reason, a repeated id refused. Pure: nothing is
+/// stored.
+///
+/// # Errors
+/// A header that cannot be read: an unknown column type, an empty or repeated name.
+pub fn customers_from_csv(text: &str) -> anyhow::Result<Vec<Row<Customer>>> {
+    Ok(refuse_repeated_ids(
+        text_rows(text)?
+            .into_iter()
+            .map(|(line, cells)| (line, cells.and_then(customer_from_cells)))
+            .collect(),
+    ))
+}
+
+/// Events from CSV text, as `trellis import events FILE.csv` reads them, `now` standing in
+/// for a missing timestamp. Pure: nothing is stored.
+///
+/// # Errors
+/// A header that cannot be read.
+pub fn events_from_csv(
+    text: &str,
+    now: jiff::Timestamp,
+) -> anyhow::Result<Vec<Row<(CustomerId, Event)>>> {
+    Ok(text_rows(text)?
+        .into_iter()
+        .map(|(line, cells)| {
+            (
+                line,
+                cells.map(event_from_cells).and_then(|v| to_event(v, now)),
+            )
         })
         .collect())
 }
@@ -303,25 +356,32 @@ fn event_from_cells(mut cells: Map<String, Value>) -> Value {
     Value::Object(event)
 }
 
+/// An event as the API would take it, or why not.
+fn to_event(value: Value, now: jiff::Timestamp) -> Result<(CustomerId, Event), String> {
+    serde_json::from_value::<EventIn>(value)
+        .map_err(|e| e.to_string())?
+        .into_event(now)
+        .map_err(|e| e.to_string())
+}
+
 fn parse_events(
     path: &Path,
     now: jiff::Timestamp,
 ) -> anyhow::Result<Vec<Row<(CustomerId, Event)>>> {
-    let to_event = |value: Value| -> Result<(CustomerId, Event), String> {
-        serde_json::from_value::<EventIn>(value)
-            .map_err(|e| e.to_string())?
-            .into_event(now)
-            .map_err(|e| e.to_string())
-    };
     if is_csv(path) {
         return Ok(csv_rows(path)?
             .into_iter()
-            .map(|(line, cells)| (line, cells.map(event_from_cells).and_then(to_event)))
+            .map(|(line, cells)| {
+                (
+                    line,
+                    cells.map(event_from_cells).and_then(|v| to_event(v, now)),
+                )
+            })
             .collect());
     }
     Ok(ndjson_rows(path)?
         .into_iter()
-        .map(|(line, value)| (line, value.and_then(to_event)))
+        .map(|(line, value)| (line, value.and_then(|v| to_event(v, now))))
         .collect())
 }
 

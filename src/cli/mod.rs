@@ -1,7 +1,7 @@
 //! The command line: one file per subcommand. The only place besides `main` that uses
 //! `anyhow`, and the only layer that reads files for the engine and prints.
 
-mod import;
+pub mod import;
 mod schema;
 pub mod serve;
 mod simulate;

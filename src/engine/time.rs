@@ -135,6 +135,16 @@ pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
     if let Some(cron) = PARSED.with_borrow(|memo| memo.get(expr).cloned()) {
         return Ok(cron);
     }
+    // croner takes `0,,5` or `,` as a list with nothing in it: a field that never matches,
+    // and a search for the next run that takes seconds before it gives up.
+    if let Some(field) = expr
+        .split_whitespace()
+        .find(|field| field.split(',').any(str::is_empty))
+    {
+        return Err(format!(
+            "invalid cron expression {expr:?}: {field:?} has an empty item in its list"
+        ));
+    }
     let cron = croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Disallowed)
         .build()
@@ -278,5 +288,16 @@ mod tests {
             ts("2026-07-08T00:00:00Z"),
         );
         assert_eq!(before, Some(ts("2027-07-07T09:00:00Z")));
+    }
+
+    /// Found by fuzzing: croner accepted `,,,, * * * *` (a minute list with nothing in it),
+    /// and the next run was searched for 16 s in a debug build before none was found.
+    #[test]
+    fn a_cron_field_with_an_empty_list_item_is_refused() {
+        for expr in [",,,, * * * *", ", 9 * * MON", "0,,30 9 * * *", "0 9, * * *"] {
+            let err = parse_cron(expr).expect_err(expr);
+            assert!(err.contains("has an empty item"), "{err}");
+        }
+        assert!(parse_cron("0,30 9 * * MON,FRI").is_ok());
     }
 }

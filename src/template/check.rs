@@ -1,6 +1,7 @@
 //! Static checks of template files: compile errors with their line, variables the render
-//! context can never provide, unknown or dynamic partials, partial cycles (handlebars
-//! would overflow the stack on one at render time), and unescaped output in HTML.
+//! context can never provide, unknown or dynamic partials, partial cycles and inline
+//! partials (handlebars would overflow the stack on a cycle at render time), unescaped
+//! output in HTML, and sources too large or too deeply nested to compile in bounded time.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,139 @@ const HELPERS: &[&str] = &[
     "if", "unless", "each", "with", "lookup", "raw", "log", "len", "eq", "ne", "gt", "gte", "lt",
     "lte", "and", "or", "not", "date", "money", "default",
 ];
+
+/// The largest template source: above any email (Gmail clips a message over 102 kB), and a
+/// bound on compile time.
+pub const MAX_TEMPLATE_BYTES: usize = 128 * 1024;
+/// The deepest nesting of blocks, or of subexpressions within one expression: handlebars
+/// compiles, checks and renders them by recursion.
+pub const MAX_NESTING: usize = 32;
+/// handlebars locates each expression by counting from the start of the source, so
+/// compiling takes time in expressions × size; this bounds the sum of their offsets.
+const MAX_LOCATING: usize = 3_000_000;
+
+/// Refuses a source that could not be compiled and rendered in bounded time and stack: too
+/// large, nested too deep, or too many expressions for its size. A cheap scan, before any
+/// parsing; its count of nesting is approximate but never lower than handlebars' own.
+pub(super) fn bounded(text: &str) -> Result<(), String> {
+    if text.len() > MAX_TEMPLATE_BYTES {
+        return Err(format!(
+            "template is larger than {} KiB",
+            MAX_TEMPLATE_BYTES / 1024
+        ));
+    }
+    let bytes = text.as_bytes();
+    let (mut blocks, mut parens, mut locating, mut expressions) = (0usize, 0usize, 0usize, 0);
+    let mut inside = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        if !inside && bytes[i..].starts_with(b"{{") {
+            inside = true;
+            expressions += 1;
+            locating += i;
+            i += 2;
+            while bytes
+                .get(i)
+                .is_some_and(|b| matches!(b, b'{' | b'~' | b' '))
+            {
+                i += 1;
+            }
+            if bytes[i..].starts_with(b"!--") {
+                // handlebars reads an unclosed `{{!--` as a short comment, but only after
+                // looking for its `--}}` to the end: once per comment, quadratic in all.
+                let closed = ["--}}", "--~}}"]
+                    .iter()
+                    .filter_map(|close| text[i + 3..].find(close).map(|at| at + close.len()))
+                    .min();
+                let Some(length) = closed else {
+                    return Err("a comment opened with {{!-- is not closed with --}}".into());
+                };
+                i += 3 + length;
+                inside = false;
+                continue;
+            }
+            match bytes.get(i) {
+                Some(b'#') => blocks += 1,
+                Some(b'/') => blocks = blocks.saturating_sub(1),
+                _ => {}
+            }
+            if blocks > MAX_NESTING {
+                return Err(format!(
+                    "blocks are nested deeper than {MAX_NESTING} levels"
+                ));
+            }
+            continue;
+        }
+        if inside {
+            match bytes[i] {
+                b'(' => parens += 1,
+                b')' => parens = parens.saturating_sub(1),
+                b'}' if bytes[i..].starts_with(b"}}") => {
+                    inside = false;
+                    parens = 0;
+                }
+                _ => {}
+            }
+            if parens > MAX_NESTING {
+                return Err(format!(
+                    "subexpressions are nested deeper than {MAX_NESTING} levels"
+                ));
+            }
+        }
+        i += 1;
+    }
+    if locating > MAX_LOCATING {
+        return Err(format!(
+            "template has too many expressions for its size ({expressions} in {} KiB): move some of it into partials",
+            text.len().div_ceil(1024)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a template string written inline, such as a webhook's URL, header or body: it
+/// must be bounded, compile, and use no partials or decorators (an inline partial that
+/// includes itself would overflow the stack at render time).
+///
+/// # Errors
+/// What is wrong, as a sentence fragment.
+pub fn check_inline(text: &str) -> Result<(), String> {
+    bounded(text).map_err(|message| format!("is not a valid template: {message}"))?;
+    let template = Template::compile(text)
+        .map_err(|err| format!("is not a valid template: {}", err.reason()))?;
+    let mut found = None;
+    visit(&template, &mut |element, _| {
+        if found.is_none()
+            && matches!(
+                element,
+                TemplateElement::PartialExpression(_)
+                    | TemplateElement::PartialBlock(_)
+                    | TemplateElement::DecoratorExpression(_)
+                    | TemplateElement::DecoratorBlock(_)
+            )
+        {
+            found = Some("cannot use partials ({{> name}}) or decorators ({{*inline}}) inline");
+        }
+    });
+    found.map_or(Ok(()), |message| Err(message.to_owned()))
+}
+
+/// Calls `f` on every element of `template` and of the blocks nested in it, with its line.
+fn visit(template: &Template, f: &mut impl FnMut(&TemplateElement, u32)) {
+    for (i, element) in template.elements.iter().enumerate() {
+        f(element, line_of(template, i));
+        let inner: Vec<&Template> = match element {
+            TemplateElement::HelperBlock(h) => h.template.iter().chain(h.inverse.iter()).collect(),
+            TemplateElement::DecoratorBlock(d) | TemplateElement::PartialBlock(d) => {
+                d.template.iter().collect()
+            }
+            _ => Vec::new(),
+        };
+        for template in inner {
+            visit(template, f);
+        }
+    }
+}
 
 /// A template error as a located problem.
 pub(super) fn compile_problem(file: &Path, err: &TemplateError) -> Problem {
@@ -85,7 +219,9 @@ pub(super) fn partial_cycles(
     let mut edges: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (name, (_, text)) in partials {
         let mut refs = Vec::new();
-        if let Ok(template) = Template::compile(text) {
+        if bounded(text).is_ok()
+            && let Ok(template) = Template::compile(text)
+        {
             partial_refs(&template, &mut refs);
         }
         edges.insert(
@@ -136,17 +272,42 @@ pub(super) fn scan(
     file: &Path,
     text: &str,
     html: bool,
-    partials: &BTreeMap<String, (PathBuf, String)>,
+    partials: &BTreeSet<String>,
     problems: &mut Vec<Problem>,
 ) {
+    if bounded(text).is_err() {
+        return; // Already reported, and not to be compiled.
+    }
     let Ok(template) = Template::compile(text) else {
         return; // Already reported as a compile problem.
     };
+    scan_compiled(file, &template, html, partials, problems);
+}
+
+/// [`scan`] of a template already compiled.
+pub(super) fn scan_compiled(
+    file: &Path,
+    template: &Template,
+    html: bool,
+    partials: &BTreeSet<String>,
+    problems: &mut Vec<Problem>,
+) {
+    visit(template, &mut |element, line| {
+        if let TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) =
+            element
+        {
+            problems.push(Problem::at(
+                file,
+                line,
+                "inline partials and decorators ({{#*inline}}) are not supported: put partials in templates/partials/",
+            ));
+        }
+    });
     let mut refs = Vec::new();
-    partial_refs(&template, &mut refs);
+    partial_refs(template, &mut refs);
     for (name, line) in refs {
         match name {
-            Some(name) if name == "@partial-block" || partials.contains_key(&name) => {}
+            Some(name) if name == "@partial-block" || partials.contains(&name) => {}
             Some(name) => problems.push(Problem::at(
                 file,
                 line,
@@ -159,9 +320,9 @@ pub(super) fn scan(
             )),
         }
     }
-    walk(&template, file, problems);
+    walk(template, file, problems);
     if html {
-        unescaped(&template, file, problems);
+        unescaped(template, file, problems);
     }
 }
 

@@ -11,12 +11,13 @@ pub mod helpers;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use handlebars::Handlebars;
 use serde_json::Value;
 
+pub use check::{MAX_NESTING, MAX_TEMPLATE_BYTES, check_inline};
 pub use context::{ROOTS, render_context};
 
 use crate::workflow::Problem;
@@ -116,6 +117,8 @@ pub struct Templates {
     /// a path step or a fragment (`{{{x}}}` puts a value in as it is).
     url: Handlebars<'static>,
     kinds: BTreeMap<String, Kinds>,
+    /// The names of the partials found in `partials/`, compiled or not.
+    partials: BTreeSet<String>,
     dir: PathBuf,
 }
 
@@ -167,6 +170,7 @@ impl Templates {
             plain: registry(false),
             url: url_registry(),
             kinds: BTreeMap::new(),
+            partials: BTreeSet::new(),
             dir: dir.to_owned(),
         };
         let mut problems = Vec::new();
@@ -218,9 +222,14 @@ impl Templates {
                 }
             }
         }
+        set.partials = partials.keys().cloned().collect();
         let cyclic = check::partial_cycles(&partials, &mut problems);
         for (name, (file, text)) in &partials {
             if cyclic.contains(name) {
+                continue;
+            }
+            if let Err(message) = check::bounded(text) {
+                problems.push(Problem::at(file, 0, message));
                 continue;
             }
             let compiled = set
@@ -286,6 +295,11 @@ impl Templates {
                         continue;
                     }
                 };
+                if let Err(message) = check::bounded(&text) {
+                    problems.push(Problem::at(&file, 0, message));
+                    ok = false;
+                    continue;
+                }
                 let name = format!("{folder}/{part}");
                 let target = if part == "html" {
                     &mut set.html
@@ -308,7 +322,7 @@ impl Templates {
         }
 
         for (file, text, html) in &sources {
-            check::scan(file, text, *html, &partials, &mut problems);
+            check::scan(file, text, *html, &set.partials, &mut problems);
         }
         problems.sort();
         problems.dedup();
@@ -340,6 +354,23 @@ impl Templates {
             column: source.column_no,
             message: reason(&source),
             source: Box::new(source),
+        }
+    }
+
+    /// Compiles and checks one template source as [`Templates::load`] checks a file of this
+    /// set: compile errors, unknown variables and partials, and (when `html`) unescaped
+    /// output. `file` is used for messages. Registers nothing.
+    pub fn check_source(&self, file: &Path, text: &str, html: bool) -> Vec<Problem> {
+        if let Err(message) = check::bounded(text) {
+            return vec![Problem::at(file, 0, message)];
+        }
+        match handlebars::template::Template::compile(text) {
+            Err(err) => vec![check::compile_problem(file, &err)],
+            Ok(template) => {
+                let mut problems = Vec::new();
+                check::scan_compiled(file, &template, html, &self.partials, &mut problems);
+                problems
+            }
         }
     }
 
@@ -399,10 +430,15 @@ impl Templates {
     }
 
     /// Renders an inline template string without escaping (webhook URLs, headers, bodies).
+    /// It must pass [`check_inline`]: bounded, and without partials or decorators.
     ///
     /// # Errors
     /// A compile or render failure.
     pub fn render_inline(&self, template: &str, context: &Value) -> Result<String, RenderError> {
+        if let Err(message) = check_inline(template) {
+            let source = handlebars::RenderErrorReason::Other(format!("this template {message}"));
+            return Err(self.located(None, source.into()));
+        }
         self.plain
             .render_template(template, context)
             .map_err(|source| self.located(None, source))

@@ -12,12 +12,49 @@ use super::outline::{self, Entry};
 use super::{Located, Node, Problem, Source, Workflow};
 use crate::model::NodeId;
 
+/// Limits on what one file may make the parser do, far above any workflow or segments file
+/// written by hand: without them, a few lines of nested aliases ("billion laughs") expand to
+/// hundreds of thousands of values, and a file takes seconds to be refused.
+const MAX_NODES: usize = 50_000;
+/// The largest workflow or segments file: far above any written by hand (the examples hold
+/// about 1 kB), and a bound on the time a file takes to be read or refused (80 kB took 40 ms
+/// in a debug build).
+pub const MAX_FILE_BYTES: usize = 64 * 1024;
+
+/// The problem of a file larger than [`MAX_FILE_BYTES`], with what to do instead.
+pub(super) fn too_large(path: &Path, advice: &str) -> Problem {
+    Problem::at(
+        path,
+        0,
+        format!(
+            "the file is larger than {} KiB: {advice}",
+            MAX_FILE_BYTES / 1024
+        ),
+    )
+}
+
+/// Values copied by aliases, in all.
+const MAX_REPLAYED: usize = 10_000;
+
 fn options() -> Options {
-    serde_saphyr::options! { with_snippet: false }
+    serde_saphyr::options! {
+        with_snippet: false,
+        budget: serde_saphyr::budget! {
+            max_nodes: MAX_NODES,
+            max_events: 4 * MAX_NODES,
+            max_aliases: 1_000,
+            max_anchors: 1_000,
+            max_recorded_anchor_events: MAX_REPLAYED,
+            max_documents: 1,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_REPLAYED,
+        },
+    }
 }
 
 /// Deserialises `text` as a `T` with the loader's options.
-fn read<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, Error> {
+pub(super) fn read<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, Error> {
     serde_saphyr::from_str_with_options(text, options())
 }
 
@@ -27,6 +64,9 @@ fn read<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, Error> {
 /// Every YAML or type error found, each located at its line and, when it is in one, named
 /// by its node (`node remind`) or top-level key (`trigger`).
 pub fn parse(path: &Path, text: &str) -> Result<Workflow, Vec<Problem>> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(vec![too_large(path, "split it into several workflows")]);
+    }
     let mut workflow: Workflow = read(text).map_err(|err| recover(path, text, &err))?;
     workflow.source = Source {
         path: path.to_owned(),
@@ -36,13 +76,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Workflow, Vec<Problem>> {
 }
 
 /// A serde-saphyr error as a problem at its line.
-fn problem(path: &Path, err: &Error) -> Problem {
+pub(super) fn problem(path: &Path, err: &Error) -> Problem {
     let line = err
         .location()
         .map(|l| u32::try_from(l.line()).unwrap_or(u32::MAX))
         .unwrap_or(0);
-    Problem::at(path, line, clean_message(&err.to_string()))
+    let message = clean_message(&err.to_string());
+    let message = if message.starts_with("budget breached") || message.contains("replay") {
+        format!(
+            "the file is too large, or its aliases expand too far: at most {MAX_NODES} values, \
+             {MAX_REPLAYED} of them copied by aliases ({message})"
+        )
+    } else {
+        message
+    };
+    Problem::at(path, line, message)
 }
+
+/// The most parts (top-level keys and nodes) read one by one after a format error: enough
+/// for any workflow written by hand, and a bound on the time a generated file can take.
+/// Problems beyond are found once those before are fixed.
+const MAX_PARTS: usize = 200;
 
 /// Every problem of a file that did not parse whole, `whole` being the first error. Parts
 /// are cut out with their lines kept and deserialised one by one; when every part is well
@@ -57,15 +111,22 @@ fn recover(path: &Path, text: &str, whole: &Error) -> Vec<Problem> {
     if outline.aliases {
         return vec![attribute(first, &top)]; // Parts that refer to each other.
     }
+    let excerpts = outline::Excerpts::new(text);
     let mut problems = Vec::new();
+    let mut parts = 0;
     for entry in &top {
         match (entry.key.as_str(), &entry.entries) {
             ("nodes", Some(nodes)) => {
-                for node in nodes {
-                    problems.extend(node_problem(path, text, node));
+                for node in nodes.iter().take(MAX_PARTS.saturating_sub(parts)) {
+                    problems.extend(node_problem(path, &excerpts, node));
                 }
+                parts += nodes.len();
             }
-            _ => problems.extend(key_problem(path, text, entry)),
+            _ if parts < MAX_PARTS => {
+                problems.extend(key_problem(path, &excerpts, entry));
+                parts += 1;
+            }
+            _ => {}
         }
     }
     if problems.is_empty() {
@@ -79,9 +140,9 @@ fn recover(path: &Path, text: &str, whole: &Error) -> Vec<Problem> {
 }
 
 /// The problem of one entry under `nodes:`, if its id or its value is malformed.
-fn node_problem(path: &Path, text: &str, node: &Entry) -> Option<Problem> {
+fn node_problem(path: &Path, excerpts: &outline::Excerpts<'_>, node: &Entry) -> Option<Problem> {
     let place = format!("node {}", node.key);
-    let id = outline::excerpt(text, node.key_span.clone());
+    let id = excerpts.part(node.key_span.clone());
     if let Err(err) = read::<NodeId>(&id) {
         let mut found = problem(path, &err).in_place(place);
         if found.line == 0 {
@@ -89,7 +150,7 @@ fn node_problem(path: &Path, text: &str, node: &Entry) -> Option<Problem> {
         }
         return Some(found);
     }
-    let value = outline::excerpt(text, node.value_span.clone());
+    let value = excerpts.part(node.value_span.clone());
     read::<Located<Node>>(&value)
         .err()
         .map(|err| problem(path, &err).in_place(place))
@@ -97,8 +158,8 @@ fn node_problem(path: &Path, text: &str, node: &Entry) -> Option<Problem> {
 
 /// The problem of one top-level `key: value`, read as a workflow of that key alone: an
 /// unknown key or a malformed value fails there, and the keys it lacks are ignored.
-fn key_problem(path: &Path, text: &str, entry: &Entry) -> Option<Problem> {
-    let alone = outline::excerpt(text, entry.key_span.start..entry.value_span.end);
+fn key_problem(path: &Path, excerpts: &outline::Excerpts<'_>, entry: &Entry) -> Option<Problem> {
+    let alone = excerpts.part(entry.key_span.start..entry.value_span.end);
     match read::<Workflow>(&alone) {
         Ok(_) => None,
         Err(err) => match err.without_snippet() {
@@ -327,6 +388,106 @@ mod tests {
         };
         assert_eq!(lines("a"), [10]);
         assert_eq!(lines("b"), [15, 16]);
+    }
+
+    /// Found by fuzzing: a file whose first error sends it to part-by-part recovery, with
+    /// flow collections nested as deep as the YAML parser allows (255), overflowed a 2 MiB
+    /// stack in the outline, which recursed once per level. Run here on a small stack.
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let handle = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                for (open, close) in [("{a: ", "}"), ("[", "]")] {
+                    for depth in [250, 2_000] {
+                        let deep = format!("{}1{}", open.repeat(depth), close.repeat(depth));
+                        let text = format!("{MINIMAL}colour: blue\nx: {deep}\n");
+                        assert!(!shown(&text).is_empty());
+                        let text = format!("segments:\n  s:\n    when:\n      - x{deep}\n");
+                        assert!(!shown(&text).is_empty());
+                    }
+                }
+            })
+            .expect("a thread");
+        handle.join().expect("no stack overflow, no panic");
+    }
+
+    /// Found by fuzzing: nested aliases ("billion laughs") in a webhook body, which takes
+    /// any YAML, expanded to 250 000 values before the parser's default budget stopped them:
+    /// 300 ms in a debug build, 0.3 s of a core per file. Now refused within the alias limit.
+    #[test]
+    fn nested_aliases_are_refused_before_they_expand() {
+        let mut anchors =
+            String::from("        l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for level in 1..9 {
+            let aliases = vec![format!("*l{}", level - 1); 10].join(", ");
+            anchors.push_str(&format!("        l{level}: &l{level} [{aliases}]\n"));
+        }
+        let text = format!(
+            "id: laughs\nname: L\ntrigger: {{ event: {{ name: s }} }}\nstart: a\nnodes:\n  a:\n    webhook:\n      url: https://x.invalid/\n      body:\n{anchors}      next: done\n  done: exit\n"
+        );
+        let (problems, took) = timed(|| shown(&text));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("alias"), "{problems:?}");
+        assert!(
+            took < std::time::Duration::from_millis(250),
+            "took {took:?}"
+        );
+        // Aliases within the limits still work.
+        let shared = MINIMAL.replace(
+            "name: signup",
+            "name: &n signup\n    where: [{ name: *n, eq: 1 }]",
+        );
+        assert!(parse(Path::new("w.yaml"), &shared).is_ok());
+    }
+
+    /// Found by fuzzing: a broken file of many parts was read again part by part, each
+    /// part cut out as a copy of the whole file: quadratic, 0.8 s for 1 000 lines of 23 kB
+    /// in a debug build. Now each cut is linear in its own lines and at most
+    /// [`MAX_PARTS`] are read.
+    #[test]
+    fn a_broken_file_of_many_parts_is_refused_quickly() {
+        let nodes: String = (0..1_000)
+            .map(|i| format!("  n{i}: {{ wait: {{ duration: x, next: done }} }}\n"))
+            .collect();
+        let text = format!("{MINIMAL}{nodes}");
+        let (problems, took) = timed(|| shown(&text));
+        assert_eq!(problems.len(), MAX_PARTS - 5, "{:?}", &problems[..3]);
+        assert!(problems[0].starts_with("w.yaml:9: node n0: invalid duration"));
+        assert!(
+            took < std::time::Duration::from_millis(250),
+            "took {took:?}"
+        );
+    }
+
+    /// Found by fuzzing: a 2 MB file took 0.1 s to be refused in a debug build, and 80 kB
+    /// (a split of 1 700 arms) 40 ms.
+    #[test]
+    fn a_file_larger_than_the_limit_is_refused_at_once() {
+        let text = format!("{MINIMAL}description: {}\n", "x".repeat(2 << 20));
+        let (problems, took) = timed(|| shown(&text));
+        assert_eq!(
+            problems,
+            ["w.yaml: the file is larger than 64 KiB: split it into several workflows"]
+        );
+        assert!(
+            took < std::time::Duration::from_millis(250),
+            "took {took:?}"
+        );
+        let (_, problems) = super::super::parse_segments(Path::new("s.yaml"), &text);
+        assert!(
+            problems[0].message.contains("larger than 64 KiB"),
+            "{problems:?}"
+        );
+    }
+
+    /// How long `f` takes.
+    // Allowed in a test: it measures its own work; the product reads time via clock::Clock.
+    #[allow(clippy::disallowed_methods)]
+    fn timed<T>(f: impl FnOnce() -> T) -> (T, std::time::Duration) {
+        let start = std::time::Instant::now();
+        let value = f();
+        (value, start.elapsed())
     }
 }
 

@@ -64,6 +64,7 @@ pub use node::{
 pub use problem::Problem;
 pub use segment::{
     Segment, SegmentDef, SegmentsFile, history_need as segments_history_need, load_segments,
+    parse_segments,
 };
 pub use trigger::{
     Category, DateTrigger, Entry, EventTrigger, Goal, Missed, Repeat, ScheduleTrigger, Trigger,

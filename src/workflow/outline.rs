@@ -2,7 +2,7 @@
 //! nested directly in it, each with its line and the byte ranges of its key and value.
 //!
 //! The loader uses it to recover after a format error: each part is cut out of the text
-//! with [`excerpt`] and deserialised on its own, so one bad node does not hide another.
+//! with [`Excerpts`] and deserialised on its own, so one bad node does not hide another.
 
 use std::ops::Range;
 
@@ -57,7 +57,7 @@ pub(super) fn outline(text: &str) -> Option<Outline> {
         match event {
             Event::StreamStart | Event::DocumentStart(..) => {}
             Event::StreamEnd => return None,
-            other => break tree(other, span, &mut events)?,
+            other => break tree(other, span, &mut events, 0)?,
         }
     };
     let pairs = root.pairs?;
@@ -93,8 +93,16 @@ fn line(marker: &Marker) -> u32 {
 
 type Events<'a> = Parser<'a, serde_saphyr::granit_parser::StrInput<'a>>;
 
-/// Reads the node that `first` starts, consuming its events.
-fn tree(first: Event<'_>, span: Span, events: &mut Events<'_>) -> Option<Tree> {
+/// How deep the outline keeps the tree: the root, its values, and the nodes' values. Below,
+/// nodes are read flat by [`skip`], so deep nesting cannot overflow the stack.
+const TREE_DEPTH: usize = 3;
+
+/// Reads the node that `first` starts, `depth` levels below the root, consuming its events.
+fn tree(first: Event<'_>, span: Span, events: &mut Events<'_>, depth: usize) -> Option<Tree> {
+    if depth >= TREE_DEPTH {
+        return skip(first, span, events);
+    }
+    let depth = depth + 1;
     match first {
         Event::Scalar(value, ..) => Some(Tree {
             start: span.start,
@@ -115,9 +123,9 @@ fn tree(first: Event<'_>, span: Span, events: &mut Events<'_>) -> Option<Tree> {
                     }
                     break;
                 }
-                let key = tree(event, span, events)?;
+                let key = tree(event, span, events, depth)?;
                 let (event, span) = next_node(events)?;
-                let value = tree(event, span, events)?;
+                let value = tree(event, span, events, depth)?;
                 end = value.end;
                 aliases |= key.aliases || value.aliases;
                 pairs.push((key, value));
@@ -141,7 +149,7 @@ fn tree(first: Event<'_>, span: Span, events: &mut Events<'_>) -> Option<Tree> {
                     }
                     break;
                 }
-                let item = tree(event, span, events)?;
+                let item = tree(event, span, events, depth)?;
                 end = item.end;
                 aliases |= item.aliases;
             }
@@ -162,6 +170,51 @@ fn tree(first: Event<'_>, span: Span, events: &mut Events<'_>) -> Option<Tree> {
             aliases: matches!(other, Event::Alias(..) | Event::UnresolvedAlias(..)),
         }),
     }
+}
+
+/// Reads the node that `first` starts without recursion: its extent and whether it holds an
+/// alias, as [`tree`] would find them, but no pairs. A block collection ends where its last
+/// node does; a flow collection at its closing bracket.
+fn skip(first: Event<'_>, span: Span, events: &mut Events<'_>) -> Option<Tree> {
+    let start = span.start;
+    let mut end = span.end;
+    let mut aliases = matches!(first, Event::Alias(..) | Event::UnresolvedAlias(..));
+    let scalar = match &first {
+        Event::Scalar(value, ..) => Some(value.to_string()),
+        _ => None,
+    };
+    // The styles of the collections still open.
+    let mut open: Vec<StructureStyle> = match first {
+        Event::MappingStart(style, ..) | Event::SequenceStart(style, ..) => vec![style],
+        _ => Vec::new(),
+    };
+    while let Some(style) = open.last().copied() {
+        let (event, span) = next_node(events)?;
+        match event {
+            Event::MappingStart(style, ..) | Event::SequenceStart(style, ..) => {
+                open.push(style);
+                end = span.end;
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                open.pop();
+                if style == StructureStyle::Flow {
+                    end = span.end;
+                }
+            }
+            Event::Alias(..) | Event::UnresolvedAlias(..) => {
+                aliases = true;
+                end = span.end;
+            }
+            _ => end = span.end,
+        }
+    }
+    Some(Tree {
+        start,
+        end,
+        pairs: None,
+        scalar,
+        aliases,
+    })
 }
 
 /// The next event that is a node or ends a collection, skipping comments and anchors.
@@ -205,18 +258,52 @@ impl ByteOffsets {
     }
 }
 
-/// `text` with everything outside `keep` blanked to spaces, line breaks kept: a document of
-/// its own whose lines and columns are those of the whole file.
-pub(super) fn excerpt(text: &str, keep: Range<usize>) -> String {
-    text.char_indices()
-        .map(|(i, c)| {
-            if keep.contains(&i) || c == '\n' || c == '\r' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect()
+/// Cuts parts out of one text: each is a document of its own whose lines and columns are
+/// those of the whole file. The line breaks are indexed once, so cutting every part of a
+/// large file stays close to linear.
+pub(super) struct Excerpts<'a> {
+    text: &'a str,
+    /// The byte offset of every line break character (`\n` or `\r`).
+    positions: Vec<usize>,
+    /// Those characters, in order.
+    breaks: String,
+}
+
+impl<'a> Excerpts<'a> {
+    /// Indexes the line breaks of `text`.
+    pub(super) fn new(text: &'a str) -> Self {
+        let (positions, breaks) = text
+            .char_indices()
+            .filter(|(_, c)| *c == '\n' || *c == '\r')
+            .unzip();
+        Self {
+            text,
+            positions,
+            breaks,
+        }
+    }
+
+    /// The part in `keep`: the line breaks before it kept, the columns before it on its
+    /// first line blanked to spaces, and nothing after it.
+    pub(super) fn part(&self, keep: Range<usize>) -> String {
+        let end = keep.end.min(self.text.len());
+        let start = keep.start.min(end);
+        let (Some(before), Some(part)) = (self.text.get(..start), self.text.get(start..end)) else {
+            return String::new(); // Spans come from the parser and fall on characters.
+        };
+        let lines = self.positions.partition_point(|p| *p < start);
+        let line_start = lines
+            .checked_sub(1)
+            .map_or(0, |last| self.positions[last] + 1);
+        let mut out = String::with_capacity(lines + part.len() + 80);
+        out.push_str(&self.breaks[..lines]);
+        out.extend(std::iter::repeat_n(
+            ' ',
+            before[line_start..].chars().count(),
+        ));
+        out.push_str(part);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -254,8 +341,8 @@ mod tests {
     fn an_excerpt_keeps_lines_and_columns() {
         let top = outline(TEXT).expect("an outline").entries;
         let b = &top[1].entries.as_ref().expect("nodes")[1];
-        let doc = excerpt(TEXT, b.value_span.clone());
-        assert_eq!(doc.lines().count(), TEXT.lines().count());
+        let doc = Excerpts::new(TEXT).part(b.value_span.clone());
+        assert_eq!(doc.lines().count(), 7, "the lines up to the part's own");
         assert_eq!(
             doc.lines().nth(6),
             Some("     { send_sms: { template: t, next: c } }")

@@ -71,58 +71,68 @@ pub fn load_segments(dir: &Path) -> (Vec<SegmentDef>, Vec<Problem>) {
             problems.push(problem);
             continue;
         }
-        let text = match std::fs::read_to_string(&file) {
-            Ok(text) => text,
-            Err(err) => {
-                problems.push(Problem::at(&file, 0, format!("cannot read file: {err}")));
-                continue;
-            }
-        };
-        let options = serde_saphyr::options! { with_snippet: false };
-        let parsed: SegmentsFile = match serde_saphyr::from_str_with_options(&text, options) {
-            Ok(parsed) => parsed,
-            Err(err) => {
-                let line = err
-                    .location()
-                    .map_or(0, |l| u32::try_from(l.line()).unwrap_or(u32::MAX));
-                problems.push(Problem::at(
-                    &file,
-                    line,
-                    super::load::clean_message(&err.to_string()),
-                ));
-                continue;
-            }
-        };
-        for (id, located) in parsed.segments {
-            let at = |message: String| {
-                Problem::at(&file, located.line, message).in_place(format!("segment {id}"))
-            };
-            if defs.iter().any(|d| d.id == id) {
-                problems.push(at("segment id is defined twice".into()));
-                continue;
-            }
-            let mut notes = Vec::new();
-            super::validate::check_condition(&located.when, &mut notes);
-            let known: BTreeSet<&str> = defs.iter().map(|d| d.id.as_str()).collect();
-            located.when.walk(&mut |c| {
-                if let Condition::InSegment(name) = c
-                    && !known.contains(name.as_str())
-                {
-                    notes.push(format!(
-                        "in_segment {name:?}: only segments defined above this one can be used"
-                    ));
-                }
-            });
-            problems.extend(notes.into_iter().map(at));
-            defs.push(SegmentDef {
-                id,
-                segment: located.value.clone(),
-                file: file.clone(),
-                line: located.line,
-            });
+        match std::fs::read_to_string(&file) {
+            Ok(text) => read_segments(&file, &text, &mut defs, &mut problems),
+            Err(err) => problems.push(Problem::at(&file, 0, format!("cannot read file: {err}"))),
         }
     }
     (defs, problems)
+}
+
+/// Parses and checks the segments of one file's text, as [`load_segments`] does for each
+/// file. `file` is used for messages and kept in each [`SegmentDef`]. Pure.
+pub fn parse_segments(file: &Path, text: &str) -> (Vec<SegmentDef>, Vec<Problem>) {
+    let mut defs = Vec::new();
+    let mut problems = Vec::new();
+    read_segments(file, text, &mut defs, &mut problems);
+    (defs, problems)
+}
+
+/// Adds the segments of `text` to `defs`, after those already there, and their problems
+/// to `problems`.
+fn read_segments(file: &Path, text: &str, defs: &mut Vec<SegmentDef>, problems: &mut Vec<Problem>) {
+    if text.len() > super::load::MAX_FILE_BYTES {
+        problems.push(super::load::too_large(
+            file,
+            "split its segments over files in segments/",
+        ));
+        return;
+    }
+    let parsed: SegmentsFile = match super::load::read(text) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            problems.push(super::load::problem(file, &err));
+            return;
+        }
+    };
+    for (id, located) in parsed.segments {
+        let at = |message: String| {
+            Problem::at(file, located.line, message).in_place(format!("segment {id}"))
+        };
+        if defs.iter().any(|d| d.id == id) {
+            problems.push(at("segment id is defined twice".into()));
+            continue;
+        }
+        let mut notes = Vec::new();
+        super::validate::check_condition(&located.when, &mut notes);
+        let known: BTreeSet<&str> = defs.iter().map(|d| d.id.as_str()).collect();
+        located.when.walk(&mut |c| {
+            if let Condition::InSegment(name) = c
+                && !known.contains(name.as_str())
+            {
+                notes.push(format!(
+                    "in_segment {name:?}: only segments defined above this one can be used"
+                ));
+            }
+        });
+        problems.extend(notes.into_iter().map(at));
+        defs.push(SegmentDef {
+            id,
+            segment: located.value.clone(),
+            file: file.to_owned(),
+            line: located.line,
+        });
+    }
 }
 
 /// How much event history the segments' conditions need.

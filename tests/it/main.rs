@@ -12,6 +12,7 @@ mod delivery_faults;
 mod engine;
 mod engine_props;
 mod faults;
+mod fuzz;
 mod helpers;
 mod hostile;
 mod import;

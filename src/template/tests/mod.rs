@@ -3,6 +3,7 @@
 
 mod errors;
 mod escaping;
+mod hostile;
 
 use std::path::Path;
 
