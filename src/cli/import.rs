@@ -1,7 +1,9 @@
 //! `trellis import customers|events FILE`: bulk loads from CSV or NDJSON with a progress bar
 //! and a summary. A bad row is reported with its line and reason and never stops the good
-//! ones. Rows are written in transactions of [`BATCH`]; events land as pending, and a running
-//! `trellis serve` processes them within a second.
+//! ones. The file is streamed: rows are read, checked and written in transactions of
+//! [`BATCH`] as they come, so memory stays flat whatever the file's size (only the ids seen,
+//! for the repeated-id check, and the first refusals are kept). Events land as pending, and a
+//! running `trellis serve` processes them within a second.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -130,14 +132,6 @@ fn parse_flag(text: &str) -> Option<bool> {
     }
 }
 
-/// The CSV's rows as maps from column name to value, or why a row is unreadable.
-fn csv_rows(path: &Path) -> anyhow::Result<Vec<Row<Map<String, Value>>>> {
-    let reader = csv_reader()
-        .from_path(path)
-        .with_context(|| format!("reading {}", path.display()))?;
-    rows_of(reader, &path.display().to_string())
-}
-
 /// How every CSV is read: a header, then one value per column on every row.
 fn csv_reader() -> csv::ReaderBuilder {
     let mut builder = csv::ReaderBuilder::new();
@@ -145,52 +139,127 @@ fn csv_reader() -> csv::ReaderBuilder {
     builder
 }
 
-/// The rows of an open CSV reader; `name` names the source in messages.
-fn rows_of<R: std::io::Read>(
-    mut reader: csv::Reader<R>,
-    name: &str,
-) -> anyhow::Result<Vec<Row<Map<String, Value>>>> {
-    let columns: Vec<Column> = reader
-        .headers()
-        .context("reading the CSV header")?
-        .iter()
-        .enumerate()
-        .map(|(i, h)| Column::parse(h, i + 1))
-        .collect::<anyhow::Result<_>>()
-        .with_context(|| format!("reading the header of {name}"))?;
-    for (i, column) in columns.iter().enumerate() {
-        if let Some(j) = columns[..i].iter().position(|c| c.name == column.name) {
-            bail!(
-                "{name}: columns {} and {} are both named {:?}",
-                j + 1,
-                i + 1,
-                column.name
-            );
-        }
-    }
-    Ok(reader
-        .records()
-        .enumerate()
-        .map(|(i, record)| {
-            let cells = record
-                .map_err(|_| "the row does not have one value per column".to_owned())
-                .and_then(|record| {
-                    let mut cells = Map::new();
-                    for (column, text) in columns.iter().zip(record.iter()) {
-                        if let Some(value) = column.value(text)? {
-                            cells.insert(column.name.clone(), value);
-                        }
-                    }
-                    Ok(cells)
-                });
-            (i + 2, cells)
-        })
-        .collect())
+/// A CSV's rows, read one at a time: maps from column name to value, or why a row is
+/// unreadable.
+struct CsvRows<R: std::io::Read> {
+    records: csv::StringRecordsIntoIter<R>,
+    columns: Vec<Column>,
+    index: usize,
 }
 
-/// The rows of CSV text, as read from a file: the pure part of `csv_rows`.
+impl<R: std::io::Read> CsvRows<R> {
+    /// Reads and checks the header; `name` names the source in messages.
+    fn new(mut reader: csv::Reader<R>, name: &str) -> anyhow::Result<Self> {
+        let columns: Vec<Column> = reader
+            .headers()
+            .context("reading the CSV header")?
+            .iter()
+            .enumerate()
+            .map(|(i, h)| Column::parse(h, i + 1))
+            .collect::<anyhow::Result<_>>()
+            .with_context(|| format!("reading the header of {name}"))?;
+        for (i, column) in columns.iter().enumerate() {
+            if let Some(j) = columns[..i].iter().position(|c| c.name == column.name) {
+                bail!(
+                    "{name}: columns {} and {} are both named {:?}",
+                    j + 1,
+                    i + 1,
+                    column.name
+                );
+            }
+        }
+        Ok(Self {
+            records: reader.into_records(),
+            columns,
+            index: 0,
+        })
+    }
+
+    /// Bytes read so far, for the progress bar.
+    fn position(&self) -> u64 {
+        self.records.reader().position().byte()
+    }
+}
+
+impl<R: std::io::Read> Iterator for CsvRows<R> {
+    type Item = Row<Map<String, Value>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let record = self.records.next()?;
+        self.index += 1;
+        let cells = record
+            .map_err(|_| "the row does not have one value per column".to_owned())
+            .and_then(|record| {
+                let mut cells = Map::new();
+                for (column, text) in self.columns.iter().zip(record.iter()) {
+                    if let Some(value) = column.value(text)? {
+                        cells.insert(column.name.clone(), value);
+                    }
+                }
+                Ok(cells)
+            });
+        Some((self.index + 1, cells))
+    }
+}
+
+/// The rows of CSV text, as read from a file.
 fn text_rows(text: &str) -> anyhow::Result<Vec<Row<Map<String, Value>>>> {
-    rows_of(csv_reader().from_reader(text.as_bytes()), "the CSV")
+    Ok(CsvRows::new(csv_reader().from_reader(text.as_bytes()), "the CSV")?.collect())
+}
+
+/// An NDJSON file's objects, read one line at a time; blank lines are skipped.
+struct NdjsonRows {
+    reader: std::io::BufReader<std::fs::File>,
+    line: usize,
+    bytes: u64,
+    buf: Vec<u8>,
+    failed: bool,
+}
+
+impl NdjsonRows {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Self {
+            reader: std::io::BufReader::new(file),
+            line: 0,
+            bytes: 0,
+            buf: Vec::new(),
+            failed: false,
+        })
+    }
+}
+
+impl Iterator for NdjsonRows {
+    type Item = Row<Value>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::BufRead;
+        while !self.failed {
+            self.buf.clear();
+            let read = match self.reader.read_until(b'\n', &mut self.buf) {
+                Ok(0) => return None,
+                Ok(n) => n,
+                Err(err) => {
+                    // The file cannot be read on: refuse where it stopped, then end.
+                    self.failed = true;
+                    return Some((self.line + 1, Err(format!("cannot read the file: {err}"))));
+                }
+            };
+            self.line += 1;
+            self.bytes += read as u64;
+            let Ok(text) = std::str::from_utf8(&self.buf) else {
+                return Some((self.line, Err("the line is not UTF-8".to_owned())));
+            };
+            if text.trim().is_empty() {
+                continue;
+            }
+            let value = serde_json::from_str(text.trim_end_matches(['\n', '\r']))
+                .map_err(|e| format!("not JSON: {e}"));
+            return Some((self.line, value));
+        }
+        None
+    }
 }
 
 /// Customers from CSV text, as `trellis import customers FILE.csv` reads them: each row
@@ -230,48 +299,39 @@ pub fn events_from_csv(
 
 /// Refuses every row whose customer id an earlier row of the same file already used: two
 /// rows for one customer in one file are a mistake to show, not a silent replacement.
+#[derive(Default)]
+struct RepeatedIds {
+    first_line: std::collections::HashMap<String, usize>,
+}
+
+impl RepeatedIds {
+    fn check(&mut self, (line, row): Row<Customer>) -> Row<Customer> {
+        let row =
+            row.and_then(
+                |customer| match self.first_line.entry(customer.id.as_str().to_owned()) {
+                    std::collections::hash_map::Entry::Occupied(first) => Err(format!(
+                        "id {:?} repeats line {}; the first row was kept",
+                        customer.id.as_str(),
+                        first.get()
+                    )),
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(line);
+                        Ok(customer)
+                    }
+                },
+            );
+        (line, row)
+    }
+}
+
 fn refuse_repeated_ids(rows: Vec<Row<Customer>>) -> Vec<Row<Customer>> {
-    let mut first_line: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    rows.into_iter()
-        .map(|(line, row)| {
-            let row =
-                row.and_then(
-                    |customer| match first_line.entry(customer.id.as_str().to_owned()) {
-                        std::collections::hash_map::Entry::Occupied(first) => Err(format!(
-                            "id {:?} repeats line {}; the first row was kept",
-                            customer.id.as_str(),
-                            first.get()
-                        )),
-                        std::collections::hash_map::Entry::Vacant(slot) => {
-                            slot.insert(line);
-                            Ok(customer)
-                        }
-                    },
-                );
-            (line, row)
-        })
-        .collect()
+    let mut seen = RepeatedIds::default();
+    rows.into_iter().map(|row| seen.check(row)).collect()
 }
 
 fn is_csv(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
-}
-
-fn ndjson_rows(path: &Path) -> anyhow::Result<Vec<(usize, Result<Value, String>)>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            (
-                i + 1,
-                serde_json::from_str(l).map_err(|e| format!("not JSON: {e}")),
-            )
-        })
-        .collect())
 }
 
 /// A customer from a CSV row's cells.
@@ -319,28 +379,6 @@ fn customer_from_cells(mut cells: Map<String, Value>) -> Result<Customer, String
     customer.normalise_contacts()
 }
 
-fn parse_customers(path: &Path) -> anyhow::Result<Vec<Row<Customer>>> {
-    if is_csv(path) {
-        return Ok(refuse_repeated_ids(
-            csv_rows(path)?
-                .into_iter()
-                .map(|(line, cells)| (line, cells.and_then(customer_from_cells)))
-                .collect(),
-        ));
-    }
-    Ok(refuse_repeated_ids(
-        ndjson_rows(path)?
-            .into_iter()
-            .map(|(line, value)| {
-                let customer = value
-                    .and_then(|v| serde_json::from_value::<Customer>(v).map_err(|e| e.to_string()))
-                    .and_then(Customer::normalise_contacts);
-                (line, customer)
-            })
-            .collect(),
-    ))
-}
-
 /// An API-shaped event from a CSV row: the known columns, and the rest as properties.
 fn event_from_cells(mut cells: Map<String, Value>) -> Value {
     let mut event = Map::new();
@@ -364,87 +402,167 @@ fn to_event(value: Value, now: jiff::Timestamp) -> Result<(CustomerId, Event), S
         .map_err(|e| e.to_string())
 }
 
-fn parse_events(
-    path: &Path,
-    now: jiff::Timestamp,
-) -> anyhow::Result<Vec<Row<(CustomerId, Event)>>> {
-    if is_csv(path) {
-        return Ok(csv_rows(path)?
-            .into_iter()
-            .map(|(line, cells)| {
+/// A file's rows as the kind of import takes them, read one at a time.
+enum Source {
+    Csv(CsvRows<std::fs::File>),
+    Ndjson(NdjsonRows),
+}
+
+impl Source {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        if is_csv(path) {
+            let reader = csv_reader()
+                .from_path(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok(Self::Csv(CsvRows::new(
+                reader,
+                &path.display().to_string(),
+            )?))
+        } else {
+            Ok(Self::Ndjson(NdjsonRows::open(path)?))
+        }
+    }
+
+    /// The next row as a customer.
+    fn next_customer(&mut self) -> Option<Row<Customer>> {
+        match self {
+            Self::Csv(rows) => rows
+                .next()
+                .map(|(line, cells)| (line, cells.and_then(customer_from_cells))),
+            Self::Ndjson(rows) => rows.next().map(|(line, value)| {
+                let customer = value
+                    .and_then(|v| serde_json::from_value::<Customer>(v).map_err(|e| e.to_string()))
+                    .and_then(Customer::normalise_contacts);
+                (line, customer)
+            }),
+        }
+    }
+
+    /// The next row as an event, `now` standing in for a missing timestamp.
+    fn next_event(&mut self, now: jiff::Timestamp) -> Option<Row<(CustomerId, Event)>> {
+        match self {
+            Self::Csv(rows) => rows.next().map(|(line, cells)| {
                 (
                     line,
                     cells.map(event_from_cells).and_then(|v| to_event(v, now)),
                 )
-            })
-            .collect());
+            }),
+            Self::Ndjson(rows) => rows
+                .next()
+                .map(|(line, value)| (line, value.and_then(|v| to_event(v, now)))),
+        }
     }
-    Ok(ndjson_rows(path)?
-        .into_iter()
-        .map(|(line, value)| (line, value.and_then(|v| to_event(v, now))))
-        .collect())
+
+    /// Bytes read so far.
+    fn position(&self) -> u64 {
+        match self {
+            Self::Csv(rows) => rows.position(),
+            Self::Ndjson(rows) => rows.bytes,
+        }
+    }
+}
+
+/// What an import did, kept small however large the file: the first refusals in full, the
+/// rest counted.
+#[derive(Default)]
+struct Tally {
+    rows: usize,
+    imported: usize,
+    duplicates: usize,
+    refused: usize,
+    shown: Vec<Refusal>,
+}
+
+impl Tally {
+    /// Counts a batch's rows and returns the good ones.
+    fn take<T>(&mut self, batch: Vec<Row<T>>) -> Vec<T> {
+        let mut good = Vec::with_capacity(batch.len());
+        for (line, row) in batch {
+            self.rows += 1;
+            match row {
+                Ok(value) => good.push(value),
+                Err(reason) => {
+                    self.refused += 1;
+                    if self.shown.len() < SHOWN_REFUSALS {
+                        self.shown.push((line, reason));
+                    }
+                }
+            }
+        }
+        good
+    }
 }
 
 /// Imports the file and prints the summary; exits 1 when any row was refused.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let (runtime, store) = super::open_store(&args.database_url)?;
+    let size = std::fs::metadata(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?
+        .len();
+    let mut source = Source::open(&args.file)?;
     runtime.block_on(async {
         let now = SystemClock.now();
-        let (n_rows, refused, accepted, duplicates) = match args.kind {
+        let bar = progress(size);
+        let mut tally = Tally::default();
+        match args.kind {
             Kind::Customers => {
-                let rows = parse_customers(&args.file)?;
-                let (refused, good) = split(rows);
-                let bar = progress(good.len());
-                for chunk in good.chunks(BATCH) {
+                let mut seen = RepeatedIds::default();
+                loop {
+                    let batch: Vec<_> = std::iter::from_fn(|| source.next_customer())
+                        .take(BATCH)
+                        .map(|row| seen.check(row))
+                        .collect();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    let good = tally.take(batch);
                     let mut tx = store.begin().await?;
-                    for (_, customer) in chunk {
+                    for customer in &good {
                         tx.put_customer(customer, now).await?;
                     }
                     tx.commit().await?;
-                    bar.inc(chunk.len() as u64);
+                    tally.imported += good.len();
+                    bar.set_position(source.position().min(size));
                 }
-                bar.finish_and_clear();
-                (refused.len() + good.len(), refused, good.len(), 0)
             }
-            Kind::Events => {
-                let rows = parse_events(&args.file, now)?;
-                let (refused, good) = split(rows);
-                let bar = progress(good.len());
-                let mut duplicates = 0;
-                for chunk in good.chunks(BATCH) {
-                    let mut tx = store.begin().await?;
-                    for (_, (customer, event)) in chunk {
-                        if tx.insert_event(customer, event, now).await? == Inserted::Duplicate {
-                            duplicates += 1;
-                        }
+            Kind::Events => loop {
+                let batch: Vec<_> = std::iter::from_fn(|| source.next_event(now))
+                    .take(BATCH)
+                    .collect();
+                if batch.is_empty() {
+                    break;
+                }
+                let good = tally.take(batch);
+                let mut tx = store.begin().await?;
+                for (customer, event) in &good {
+                    match tx.insert_event(customer, event, now).await? {
+                        Inserted::Accepted => tally.imported += 1,
+                        Inserted::Duplicate => tally.duplicates += 1,
                     }
-                    tx.commit().await?;
-                    bar.inc(chunk.len() as u64);
                 }
-                bar.finish_and_clear();
-                (
-                    refused.len() + good.len(),
-                    refused,
-                    good.len() - duplicates,
-                    duplicates,
-                )
-            }
-        };
-        if n_rows == 0 {
+                tx.commit().await?;
+                bar.set_position(source.position().min(size));
+            },
+        }
+        bar.finish_and_clear();
+        if tally.rows == 0 {
             bail!("{} holds no rows", args.file.display());
         }
         println!(
-            "{}: {n_rows} rows, {accepted} imported, {duplicates} duplicates, {} refused",
+            "{}: {} rows, {} imported, {} duplicates, {} refused",
             args.file.display(),
-            refused.len()
+            tally.rows,
+            tally.imported,
+            tally.duplicates,
+            tally.refused
         );
-        for (line, reason) in refused.iter().take(SHOWN_REFUSALS) {
+        for (line, reason) in &tally.shown {
             println!("  line {line}: {reason}");
         }
-        if refused.len() > SHOWN_REFUSALS {
-            println!("  … and {} more", refused.len() - SHOWN_REFUSALS);
+        if tally.refused > tally.shown.len() {
+            println!("  … and {} more", tally.refused - tally.shown.len());
         }
-        Ok(if refused.is_empty() {
+        Ok(if tally.refused == 0 {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
@@ -455,22 +573,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
 /// A refused row: its line and the reason.
 type Refusal = (usize, String);
 
-fn split<T>(rows: Vec<Row<T>>) -> (Vec<Refusal>, Vec<(usize, T)>) {
-    let mut refused = Vec::new();
-    let mut good = Vec::new();
-    for (line, row) in rows {
-        match row {
-            Ok(value) => good.push((line, value)),
-            Err(reason) => refused.push((line, reason)),
-        }
-    }
-    (refused, good)
-}
-
-fn progress(total: usize) -> ProgressBar {
-    let bar = ProgressBar::new(total as u64);
+/// A progress bar over the file's bytes: rows vary in size, bytes are what is known up front.
+fn progress(bytes: u64) -> ProgressBar {
+    let bar = ProgressBar::new(bytes);
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} rows {per_sec} eta {eta}")
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
             .expect("the template is valid"),
     );
     bar

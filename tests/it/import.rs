@@ -220,3 +220,32 @@ async fn ndjson_customers_with_a_repeated_id_are_reported() {
         .unwrap();
     assert_eq!(ada.email.as_deref(), Some("ada@example.com"));
 }
+
+#[tokio::test]
+async fn an_ndjson_line_that_is_not_utf8_is_refused_and_the_rest_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let file = dir.path().join("customers.ndjson");
+    let mut bytes = b"{\"id\": \"ada\"}\n".to_vec();
+    bytes.extend_from_slice(b"{\"id\": \"b\xffb\"}\n\n");
+    bytes.extend_from_slice(b"{\"id\": \"cy\"}");
+    std::fs::write(&file, bytes).unwrap();
+    let (code, out) = import("customers", &file, &db);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("3 rows, 2 imported, 0 duplicates, 1 refused")
+            && out.contains("line 2: the line is not UTF-8"),
+        "{out}"
+    );
+    let store = Store::open(&db, OpenOptions::default()).await.unwrap();
+    for id in ["ada", "cy"] {
+        assert!(
+            store
+                .customer(&CustomerId::parse(id).unwrap())
+                .await
+                .unwrap()
+                .is_some(),
+            "{id}"
+        );
+    }
+}
