@@ -13,7 +13,11 @@ set -uo pipefail
 cd "$(dirname "$0")"
 
 if [ "${1:-}" = "--from" ]; then
-  log=$2
+  log=${2:-}
+  if [ -z "$log" ] || [ ! -r "$log" ]; then
+    echo "soak: no log to read: '${log}' (./soak.sh --from LOG)" >&2
+    exit 2
+  fi
   status=0
   grep -qE "^test result: FAILED|^error: test failed" "$log" && status=1
 else

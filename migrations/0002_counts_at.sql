@@ -1,6 +1,7 @@
 -- When a message starts counting toward frequency caps (engine::policy::counts_toward_caps):
--- the decision to send, or NULL for what caps never count. A held send gets its mark when it
--- is sent, not when it was held; later outcomes (failed, cancelled) do not uncount it.
+-- the decision to send a message that is queued for delivery, or NULL for what caps never
+-- count. A held send gets its mark when it is sent, not when it was held; later outcomes
+-- (failed, cancelled) do not uncount it.
 ALTER TABLE messages ADD COLUMN counts_at INTEGER;
 
 -- Rows written before this column counted by the old filter, from their creation.

@@ -383,11 +383,6 @@ impl Sim<'_> {
         };
         let line = match effect {
             Effect::Send(message) => {
-                if let Some(mark) =
-                    crate::engine::policy::counts_toward_caps(self.workflow.category, effect, now)
-                {
-                    self.sends.push((mark.channel(), mark.at()));
-                }
                 let to = self.customer.address(message.channel).unwrap_or_default();
                 let mut fields = json!({
                     "channel": message.channel.as_str(),
@@ -407,6 +402,14 @@ impl Sim<'_> {
                 };
                 match rendered {
                     Ok(body) => {
+                        // Queued for delivery, as in the runtime: only now does it count.
+                        if let Some(mark) = crate::engine::policy::counts_toward_caps(
+                            self.workflow.category,
+                            effect,
+                            now,
+                        ) {
+                            self.sends.push((mark.channel(), mark.at()));
+                        }
                         fields["body"] = json!(body);
                         Line::new(now, Some(message.node.as_str()), "send", fields)
                     }

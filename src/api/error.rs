@@ -61,7 +61,7 @@ pub enum ApiError {
     /// The database cannot take this now (disk full, locked by another process, no
     /// connection in time) but will again by itself: 503 with `Retry-After`.
     #[error(
-        "the database cannot take this request now (disk full or locked); nothing was stored — retry after {RETRY_AFTER_SECONDS} s"
+        "the database cannot take this request now (disk full or locked); retry after {RETRY_AFTER_SECONDS} s — resending is harmless, events with an id are stored once"
     )]
     Unavailable(store::Error),
     /// The store failed.

@@ -182,7 +182,7 @@ async fn record(
             .iter()
             .map(|f| (f.key.clone(), f.attempt, f.outcome.clone()))
             .collect();
-        let recorded = store.record_attempts(&outcomes, clock.now()).await;
+        let recorded = record_until_written(&store, &*clock, &outcomes).await;
         let ok = recorded.is_ok();
         if let Err(err) = recorded {
             first_error = first_error.or(Some(err));
@@ -192,6 +192,30 @@ async fn record(
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Records outcomes, trying again while the database cannot take them for a reason that
+/// passes (disk full, locked, the write gate busy): an outcome not recorded would leave its
+/// message `sending` until the next start, which sends it again. The deliveries keep their
+/// channel permits meanwhile, so no more go out than can be recorded. Outcome writes are
+/// idempotent (keyed by message and attempt), so a retry after an unclear failure is safe.
+async fn record_until_written(
+    store: &Store,
+    clock: &dyn Clock,
+    outcomes: &[(String, u32, AttemptOutcome)],
+) -> Result<(), store::Error> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match store.record_attempts(outcomes, clock.now()).await {
+            Err(err) if err.is_unavailable() => {
+                warn!(error = %crate::scheduler::error_chain(&err), outcomes = outcomes.len(),
+                    "Recording delivery outcomes failed for now; trying again.");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Drains until `shutdown`. A round in progress finishes (its attempts are recorded)

@@ -57,11 +57,18 @@ pub fn reply_is_transient(code: u16) -> bool {
 }
 
 /// Whether a permanent SMTP reply refuses the recipient's address itself rather than this
-/// message: 550, 551 or 553 (mailbox unavailable, not local, name not allowed), or an
-/// enhanced status `5.1.x` (RFC 3463: addressing status). A 554 for content, or a 552 for
-/// size, is about the message and suppresses nothing.
-pub fn refuses_the_address(code: u16, reply: &str) -> bool {
-    matches!(code, 550 | 551 | 553) || reply.contains(" 5.1.")
+/// message, the sender or the connection: an enhanced status of the recipient-addressing
+/// family (RFC 3463: `5.1.1` no such mailbox, `5.1.2` bad destination system, `5.1.3` bad
+/// address syntax, `5.1.6` mailbox moved, `5.1.10` null MX). A bare 550, a `5.7.x` policy
+/// refusal (spam, DMARC, relaying) or a `5.1.7`/`5.1.8` about the sender suppresses nothing:
+/// those are about the message or the sender, and suppressing would block the customer's
+/// transactional mail for good.
+pub fn refuses_the_address(reply: &str) -> bool {
+    const RECIPIENT: [&str; 5] = ["5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10"];
+    reply.split_whitespace().any(|word| {
+        let word = word.trim_start_matches(|c: char| !c.is_ascii_digit());
+        RECIPIENT.contains(&word)
+    })
 }
 
 /// Maps a lettre error to what the dispatcher should do.
@@ -69,7 +76,7 @@ pub fn classify(err: &lettre::transport::smtp::Error) -> DeliveryError {
     let reason = err.to_string();
     match err.status().map(u16::from) {
         Some(code) if reply_is_transient(code) => DeliveryError::transient(reason),
-        Some(code) if refuses_the_address(code, &reason) => DeliveryError::Refused { reason },
+        Some(_) if refuses_the_address(&reason) => DeliveryError::Refused { reason },
         Some(_) => DeliveryError::permanent(reason),
         // No reply at all: a refused or dropped connection, a timeout, a TLS failure.
         None => DeliveryError::transient(reason),
@@ -322,6 +329,27 @@ fn default_tls(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_recipient_addressing_refusal_suppresses_the_address() {
+        for refused in [
+            "permanent error (550): 5.1.1 <gone@example.com>: no such user",
+            "permanent error (550): 5.1.10 null MX",
+            "permanent error (553): 5.1.3 bad address syntax",
+        ] {
+            assert!(refuses_the_address(refused), "{refused}");
+        }
+        for not_the_address in [
+            "permanent error (550): 5.7.1 relaying denied",
+            "permanent error (550): 5.7.26 unauthenticated email is not accepted",
+            "permanent error (553): 5.1.8 bad sender address domain",
+            "permanent error (550): mailbox unavailable",
+            "permanent error (554): 5.6.0 message content rejected",
+            "permanent error (550): 5.1.15 unknown",
+        ] {
+            assert!(!refuses_the_address(not_the_address), "{not_the_address}");
+        }
+    }
 
     #[test]
     fn smtp_replies_map_to_retry_or_give_up() {

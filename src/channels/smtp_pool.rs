@@ -167,7 +167,13 @@ impl NodelayPool {
     async fn connect_checked(&self) -> Result<AsyncSmtpConnection, Refusal> {
         let target = &self.target;
         let what = format!("connecting to {}:{}", target.host, target.port);
-        let failed = |e: DeliveryError| Refusal::Failed(e);
+        // Nothing said while connecting is about one recipient: never suppress for it.
+        let failed = |e: DeliveryError| {
+            Refusal::Failed(match e {
+                DeliveryError::Refused { reason } => DeliveryError::permanent(reason),
+                other => other,
+            })
+        };
         let connecting = async {
             let tcp = TcpStream::connect((target.host.as_str(), target.port))
                 .await

@@ -144,7 +144,10 @@ fn csv_reader() -> csv::ReaderBuilder {
 struct CsvRows<R: std::io::Read> {
     records: csv::StringRecordsIntoIter<R>,
     columns: Vec<Column>,
+    /// Rows returned so far.
     index: usize,
+    /// The file could not be read on: no more rows.
+    failed: bool,
 }
 
 impl<R: std::io::Read> CsvRows<R> {
@@ -172,6 +175,7 @@ impl<R: std::io::Read> CsvRows<R> {
             records: reader.into_records(),
             columns,
             index: 0,
+            failed: false,
         })
     }
 
@@ -185,38 +189,63 @@ impl<R: std::io::Read> Iterator for CsvRows<R> {
     type Item = Row<Map<String, Value>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let record = self.records.next()?;
+        if self.failed {
+            return None;
+        }
         self.index += 1;
-        let cells = record
-            .map_err(|_| "the row does not have one value per column".to_owned())
-            .and_then(|record| {
-                let mut cells = Map::new();
-                for (column, text) in self.columns.iter().zip(record.iter()) {
-                    if let Some(value) = column.value(text)? {
-                        cells.insert(column.name.clone(), value);
+        // The line a row starts on (a quoted value may span lines), and never before the
+        // row's place after the header (csv counts only `\n`, so a file ending its lines
+        // with a bare `\r` would be all "line 1").
+        let after_header = self.index + 1;
+        let line_of = |position: Option<&csv::Position>| {
+            position
+                .map_or(0, |p| usize::try_from(p.line()).unwrap_or(usize::MAX))
+                .max(after_header)
+        };
+        let record = match self.records.next()? {
+            Ok(record) => record,
+            Err(err) => {
+                let line = line_of(err.position());
+                let reason = match err.kind() {
+                    csv::ErrorKind::Io(io) => {
+                        // The reader would meet the same error again: stop here.
+                        self.failed = true;
+                        format!("cannot read the file: {io}")
                     }
+                    csv::ErrorKind::UnequalLengths { .. } => {
+                        "the row does not have one value per column".to_owned()
+                    }
+                    csv::ErrorKind::Utf8 { .. } => "the row is not UTF-8".to_owned(),
+                    _ => err.to_string(),
+                };
+                return Some((line, Err(reason)));
+            }
+        };
+        let line = line_of(record.position());
+        let mut cells = Map::new();
+        for (column, text) in self.columns.iter().zip(record.iter()) {
+            match column.value(text) {
+                Ok(Some(value)) => {
+                    cells.insert(column.name.clone(), value);
                 }
-                Ok(cells)
-            });
-        Some((self.index + 1, cells))
+                Ok(None) => {}
+                Err(reason) => return Some((line, Err(reason))),
+            }
+        }
+        Some((line, Ok(cells)))
     }
 }
 
-/// The rows of CSV text, as read from a file.
-fn text_rows(text: &str) -> anyhow::Result<Vec<Row<Map<String, Value>>>> {
-    Ok(CsvRows::new(csv_reader().from_reader(text.as_bytes()), "the CSV")?.collect())
-}
-
 /// An NDJSON file's objects, read one line at a time; blank lines are skipped.
-struct NdjsonRows {
-    reader: std::io::BufReader<std::fs::File>,
+struct NdjsonRows<R: std::io::Read> {
+    reader: std::io::BufReader<R>,
     line: usize,
     bytes: u64,
     buf: Vec<u8>,
     failed: bool,
 }
 
-impl NdjsonRows {
+impl NdjsonRows<std::fs::File> {
     fn open(path: &Path) -> anyhow::Result<Self> {
         let file =
             std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
@@ -230,7 +259,7 @@ impl NdjsonRows {
     }
 }
 
-impl Iterator for NdjsonRows {
+impl<R: std::io::Read> Iterator for NdjsonRows<R> {
     type Item = Row<Value>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -262,19 +291,17 @@ impl Iterator for NdjsonRows {
     }
 }
 
-/// Customers from CSV text, as `trellis import customers FILE.csv` reads them: each row
-/// parsed or refused with its line and reason, a repeated id refused. Pure: nothing is
-/// stored.
+/// Customers from CSV text, as `trellis import customers FILE.csv` reads them — the same
+/// rows, checks and repeated-id rule, from text instead of a file. Pure: nothing is stored.
 ///
 /// # Errors
 /// A header that cannot be read: an unknown column type, an empty or repeated name.
 pub fn customers_from_csv(text: &str) -> anyhow::Result<Vec<Row<Customer>>> {
-    Ok(refuse_repeated_ids(
-        text_rows(text)?
-            .into_iter()
-            .map(|(line, cells)| (line, cells.and_then(customer_from_cells)))
-            .collect(),
-    ))
+    let mut source = Source::csv_text(text)?;
+    let mut seen = RepeatedIds::default();
+    Ok(std::iter::from_fn(|| source.next_customer())
+        .map(|row| seen.check(row))
+        .collect())
 }
 
 /// Events from CSV text, as `trellis import events FILE.csv` reads them, `now` standing in
@@ -286,15 +313,8 @@ pub fn events_from_csv(
     text: &str,
     now: jiff::Timestamp,
 ) -> anyhow::Result<Vec<Row<(CustomerId, Event)>>> {
-    Ok(text_rows(text)?
-        .into_iter()
-        .map(|(line, cells)| {
-            (
-                line,
-                cells.map(event_from_cells).and_then(|v| to_event(v, now)),
-            )
-        })
-        .collect())
+    let mut source = Source::csv_text(text)?;
+    Ok(std::iter::from_fn(|| source.next_event(now)).collect())
 }
 
 /// Refuses every row whose customer id an earlier row of the same file already used: two
@@ -322,11 +342,6 @@ impl RepeatedIds {
             );
         (line, row)
     }
-}
-
-fn refuse_repeated_ids(rows: Vec<Row<Customer>>) -> Vec<Row<Customer>> {
-    let mut seen = RepeatedIds::default();
-    rows.into_iter().map(|row| seen.check(row)).collect()
 }
 
 fn is_csv(path: &Path) -> bool {
@@ -403,12 +418,22 @@ fn to_event(value: Value, now: jiff::Timestamp) -> Result<(CustomerId, Event), S
 }
 
 /// A file's rows as the kind of import takes them, read one at a time.
-enum Source {
-    Csv(CsvRows<std::fs::File>),
-    Ndjson(NdjsonRows),
+enum Source<R: std::io::Read> {
+    Csv(CsvRows<R>),
+    Ndjson(NdjsonRows<R>),
 }
 
-impl Source {
+impl<'a> Source<&'a [u8]> {
+    /// CSV text, read as a file would be.
+    fn csv_text(text: &'a str) -> anyhow::Result<Self> {
+        Ok(Self::Csv(CsvRows::new(
+            csv_reader().from_reader(text.as_bytes()),
+            "the CSV",
+        )?))
+    }
+}
+
+impl Source<std::fs::File> {
     fn open(path: &Path) -> anyhow::Result<Self> {
         if is_csv(path) {
             let reader = csv_reader()
@@ -422,7 +447,9 @@ impl Source {
             Ok(Self::Ndjson(NdjsonRows::open(path)?))
         }
     }
+}
 
+impl<R: std::io::Read> Source<R> {
     /// The next row as a customer.
     fn next_customer(&mut self) -> Option<Row<Customer>> {
         match self {

@@ -111,8 +111,9 @@ impl CapMark {
 
 /// What frequency caps count: a marketing workflow's decision to send an email or SMS, at the
 /// moment of that decision. Holds, suppressions decided by the engine, webhooks and
-/// transactional messages never count; what happens to the message later (sent, failed,
-/// cancelled) does not change that it counted.
+/// transactional messages never count. The shells keep a mark only for a message they queue
+/// for delivery (rendered, its address not suppressed); what happens to it later (sent,
+/// failed, cancelled) does not change that it counted.
 pub fn counts_toward_caps(
     category: crate::workflow::Category,
     effect: &super::Effect,

@@ -17,6 +17,13 @@ pub(super) struct CustomerState {
     pub changed: bool,
 }
 
+/// What [`apply`] wrote: how many messages it queued for delivery, and the marks of those
+/// that count toward frequency caps.
+pub(super) struct Applied {
+    pub queued: usize,
+    pub cap_marks: Vec<crate::engine::policy::CapMark>,
+}
+
 /// Writes a step's effects and the enrollment's new state.
 pub(super) async fn apply(
     ctx: &SchedulerCtx,
@@ -25,14 +32,14 @@ pub(super) async fn apply(
     step: &Step,
     state: &mut CustomerState,
     now: Timestamp,
-) -> Result<usize, store::Error> {
+) -> Result<Applied, store::Error> {
     let enrollment = &step.enrollment;
     let mut n_messages = 0;
+    let mut cap_marks = Vec::new();
     for effect in &step.effects {
         match effect {
             Effect::Send(message) => {
                 let mut new = render_message(ctx, workflow, enrollment, &state.customer, message);
-                new.cap = crate::engine::policy::counts_toward_caps(workflow.category, effect, now);
                 let address = state.customer.address(message.channel).unwrap_or_default();
                 if let Some(reason) = tx.suppression(message.channel, address).await? {
                     new.status = MessageStatus::Suppressed;
@@ -42,7 +49,14 @@ pub(super) async fn apply(
                         message.channel
                     ));
                 }
-                n_messages += usize::from(new.status == MessageStatus::Pending);
+                // Only a message queued for delivery counts toward caps: one that could not
+                // be rendered, or whose address is suppressed, never goes out.
+                if new.status == MessageStatus::Pending {
+                    n_messages += 1;
+                    new.cap =
+                        crate::engine::policy::counts_toward_caps(workflow.category, effect, now);
+                    cap_marks.extend(new.cap);
+                }
                 tx.insert_message(&new, now).await?;
             }
             Effect::Suppressed {
@@ -119,7 +133,10 @@ pub(super) async fn apply(
         }
     }
     tx.save_enrollment(enrollment, now).await?;
-    Ok(n_messages)
+    Ok(Applied {
+        queued: n_messages,
+        cap_marks,
+    })
 }
 
 fn context(

@@ -119,6 +119,7 @@ pub async fn tick(ctx: &SchedulerCtx, now: Timestamp) -> Result<TickReport, stor
         let mut tx = ctx.store.begin().await?;
         let events = tx.pending_events(ctx.batch_size).await?;
         if events.is_empty() {
+            tx.end_unwritten().await?;
             break;
         }
         for stored in &events {
@@ -135,6 +136,7 @@ pub async fn tick(ctx: &SchedulerCtx, now: Timestamp) -> Result<TickReport, stor
         let mut tx = ctx.store.begin().await?;
         let due = tx.due_enrollments(now, ctx.batch_size).await?;
         if due.is_empty() {
+            tx.end_unwritten().await?;
             break;
         }
         for enrollment in &due {
@@ -150,6 +152,7 @@ pub async fn tick(ctx: &SchedulerCtx, now: Timestamp) -> Result<TickReport, stor
         let mut tx = ctx.store.begin().await?;
         let fires = tx.due_fires(now, ctx.batch_size).await?;
         if fires.is_empty() {
+            tx.end_unwritten().await?;
             break;
         }
         for fire in &fires {
@@ -252,8 +255,16 @@ impl Visit {
         let result = step(workflow, enrollment, &self.facts(&ctx.policy), input, now);
         let mut n = 0;
         if result.enrollment != *enrollment {
-            n = apply(ctx, tx, workflow, &result, &mut self.state, now).await?;
-            note_sends(&result, workflow.category, &mut self.sends, now);
+            let applied = apply(ctx, tx, workflow, &result, &mut self.state, now).await?;
+            n = applied.queued;
+            // The next workflow stepped for this customer sees exactly what the outbox rows
+            // will count.
+            self.sends.extend(
+                applied
+                    .cap_marks
+                    .iter()
+                    .map(|mark| (mark.channel(), mark.at())),
+            );
         }
         if result.enrollment.is_active() {
             self.active_in.insert(workflow.id.to_string());
@@ -526,22 +537,6 @@ async fn on_wake(
         .await?;
     visit.save(tx, now).await?;
     Ok(n)
-}
-
-/// Adds the step's sends that caps count to the ones the next workflow stepped for the same
-/// customer sees, by the rule the outbox rows follow.
-fn note_sends(
-    step: &crate::engine::Step,
-    category: crate::workflow::Category,
-    sends: &mut Vec<(Channel, Timestamp)>,
-    now: Timestamp,
-) {
-    sends.extend(
-        step.effects
-            .iter()
-            .filter_map(|e| crate::engine::policy::counts_toward_caps(category, e, now))
-            .map(|mark| (mark.channel(), mark.at())),
-    );
 }
 
 /// Recomputes every customer's value traits (RFM, value tier, lifecycle) at `now` and writes

@@ -249,3 +249,21 @@ async fn an_ndjson_line_that_is_not_utf8_is_refused_and_the_rest_imported() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_refused_row_after_a_value_spanning_lines_is_named_by_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let csv = dir.path().join("customers.csv");
+    std::fs::write(
+        &csv,
+        "id,note,age:number\nada,\"two\nlines\",3\nbob,x,old\n",
+    )
+    .unwrap();
+    let (code, out) = import("customers", &csv, &db);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("line 4: age: \"old\" is not a number"),
+        "{out}"
+    );
+}

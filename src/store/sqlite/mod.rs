@@ -77,7 +77,9 @@ pub struct Store {
 pub struct Tx {
     tx: Transaction<'static, Sqlite>,
     health: Arc<std::sync::Mutex<Option<String>>>,
-    // Declared after `tx` so the rollback on drop happens before the next writer enters.
+    // Declared after `tx`, so the gate opens only once the transaction is dropped. sqlx only
+    // queues the rollback of a dropped transaction, so paths that end without writing commit
+    // instead (an empty claim), leaving the next writer no lock to wait for.
     _gate: OwnedMutexGuard<()>,
 }
 
@@ -152,6 +154,11 @@ impl Store {
         let gate = tokio::time::timeout(self.gate_wait, waiting)
             .await
             .map_err(|_| self.note(Error::Busy("waiting for the write lock")))?;
+        self.begin_holding(gate).await
+    }
+
+    /// Starts the write transaction once this process's write gate is held.
+    async fn begin_holding(&self, gate: OwnedMutexGuard<()>) -> Result<Tx, Error> {
         let tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -185,8 +192,14 @@ impl Store {
         if !failing {
             return Ok(());
         }
+        // Probe only when no writer holds the gate: the health check, which anyone may call,
+        // never queues in front of the writers it reports on. A busy gate keeps the last word.
+        let Ok(gate) = Arc::clone(&self.write_gate).try_lock_owned() else {
+            let reason = self.write_failure.lock().ok().and_then(|f| f.clone());
+            return Err(reason.unwrap_or_else(|| "writes are failing".into()));
+        };
         let probe = async {
-            let mut tx = self.begin().await?;
+            let mut tx = self.begin_holding(gate).await?;
             sqlx::query(
                 "INSERT INTO settings (name, value) VALUES ('write_probe', ?1)
                  ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -238,6 +251,18 @@ fn note_failure(health: &std::sync::Mutex<Option<String>>, err: &Error) {
 }
 
 impl Tx {
+    /// Ends a transaction that wrote nothing: the lock goes now rather than by the rollback
+    /// sqlx queues on drop, and, having written nothing, it says nothing of write health.
+    ///
+    /// # Errors
+    /// When the database refuses even that.
+    pub async fn end_unwritten(self) -> Result<(), Error> {
+        self.tx
+            .commit()
+            .await
+            .map_err(query("ending a transaction"))
+    }
+
     /// Commits.
     ///
     /// # Errors

@@ -41,6 +41,7 @@ impl Store {
         .await
         .map_err(query("choosing messages to claim"))?;
         if candidates.is_empty() {
+            tx.end_unwritten().await?;
             return Ok(Vec::new());
         }
         let keys = serde_json::Value::from(candidates).to_string();
