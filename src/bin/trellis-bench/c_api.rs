@@ -145,7 +145,9 @@ pub fn steps(
     at: i64,
 ) -> anyhow::Result<f64> {
     let db = Db::open(file).context("opening the database through the C API")?;
-    db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000")?;
+    // The busy timeout first: the store's pool may still be closing its last connection.
+    db.exec("PRAGMA busy_timeout = 10000")?;
+    db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON")?;
     let due = db.prepare(
         "SELECT e.id, e.customer_id, e.state FROM enrollments e JOIN workflows w ON w.id = e.workflow_id
          WHERE e.active = 1 AND e.wake_at <= ?1 AND w.paused = 0 ORDER BY e.wake_at LIMIT ?2",

@@ -81,6 +81,7 @@ async fn due_enrollments(dir: &Path, n: usize) -> anyhow::Result<(Store, String,
 pub async fn sqlite_steps_c_api(dir: &Path, n: usize) -> anyhow::Result<f64> {
     let (store, version, now) = due_enrollments(dir, n).await?;
     store.pool().close().await;
+    drop(store);
     let payload = serde_json::to_string(&email_payload(0))?;
     let file = dir.join("trellis.db");
     tokio::task::spawn_blocking(move || {
