@@ -406,3 +406,45 @@ async fn a_transactional_send_does_not_count_toward_a_marketing_cap() {
         "the receipt leaves the promo's cap alone: {view}"
     );
 }
+
+#[tokio::test]
+async fn a_send_to_a_suppressed_address_does_not_use_up_the_customers_cap() {
+    let (app, _wf) = app_with(MAIL_ON_PING, &["--caps", "email=1/1d"]).await;
+    // Another customer's hard bounce suppresses the address both share.
+    app.call(
+        "PUT",
+        "/v1/customers/old",
+        Some(json!({"email": "shared@example.com", "consent": {"email": true}})),
+    )
+    .await;
+    app.call(
+        "POST",
+        "/v1/bounces",
+        Some(json!({"email": "shared@example.com", "type": "hard"})),
+    )
+    .await;
+    app.call("PUT", "/v1/customers/ada", Some(json!({"email": "shared@example.com", "attributes": {"first_name": "Ada"}, "consent": {"email": true}}))).await;
+    let ping = || json!({"customer_id": "ada", "name": "ping"});
+    app.call("POST", "/v1/events", Some(ping())).await;
+    app.settle().await;
+    // Ada moves to an address of her own; the next ping's email goes at once: the
+    // suppressed one never left, so it took no place under the cap.
+    app.call(
+        "PATCH",
+        "/v1/customers/ada",
+        Some(json!({"email": "ada@example.com"})),
+    )
+    .await;
+    app.advance(SignedDuration::from_hours(1));
+    app.call("POST", "/v1/events", Some(ping())).await;
+    app.settle().await;
+    let (_, view) = app.call("GET", "/v1/customers/ada", None).await;
+    let mut statuses: Vec<String> = view["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["status"].as_str().unwrap().to_owned())
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, ["sent", "suppressed"], "{view}");
+}
