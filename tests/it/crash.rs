@@ -62,6 +62,23 @@ impl Server {
         concurrency: usize,
         crash_at: Option<&str>,
     ) -> Server {
+        Self::start_env(
+            db,
+            smtp,
+            port,
+            concurrency,
+            &[("TRELLIS_CRASH_AT", crash_at.unwrap_or(""))],
+        )
+    }
+
+    /// Starts the server with extra environment variables (crash and fail points).
+    fn start_env(
+        db: &str,
+        smtp: &str,
+        port: u16,
+        concurrency: usize,
+        env: &[(&str, &str)],
+    ) -> Server {
         let fixtures = root().join("tests/fixtures/crash");
         let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
             .args([
@@ -83,7 +100,7 @@ impl Server {
             .arg("--channel-concurrency")
             .arg(concurrency.to_string())
             .env("RUST_LOG", "warn")
-            .env("TRELLIS_CRASH_AT", crash_at.unwrap_or(""))
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -454,4 +471,67 @@ async fn sigterm_mid_flow_exits_within_ten_seconds_and_the_restart_sends_nothing
         2 * N,
         raw - by_id.len()
     );
+}
+
+#[cfg(feature = "crash-points")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_the_database_cannot_take_at_once_are_recorded_later_and_nothing_is_sent_twice() {
+    const N: usize = 20;
+    let smtp = SmtpSink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("record.db").display());
+    let port = free_port();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    // The first three groups of outcomes meet a busy database.
+    let server = Server::start_env(
+        &db,
+        &smtp.url(),
+        port,
+        1,
+        &[("TRELLIS_FAIL_AT", "record_outcomes:3")],
+    );
+    wait_until_up(&client, port).await;
+    put_customers(&client, port, N).await;
+    assert!(post_batch(&client, port, 0, N).await);
+    // Every message ends `sent` without a restart: none is left `sending`.
+    let mut sending = usize::MAX;
+    for _ in 0..400 {
+        let mut statuses = Vec::new();
+        for i in 0..N {
+            let view: serde_json::Value = client
+                .get(format!("http://127.0.0.1:{port}/v1/customers/c{i:04}"))
+                .bearer_auth(CRASH_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            statuses.extend(
+                view["messages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["status"].as_str().unwrap_or_default().to_owned()),
+            );
+        }
+        sending = statuses.iter().filter(|s| *s != "sent").count();
+        if statuses.len() == 2 * N && sending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sending, 0, "every outcome was recorded in the end");
+    // A restart has nothing left to send again.
+    drop(server);
+    let server = Server::start(&db, &smtp.url(), port, 1);
+    wait_until_up(&client, port).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(server);
+    let by_id = smtp.message_ids();
+    assert_eq!(by_id.len(), 2 * N);
+    assert_eq!(by_id.values().sum::<usize>(), 2 * N, "nothing sent twice");
 }

@@ -109,6 +109,9 @@ impl Store {
         outcomes: &[(String, u32, AttemptOutcome)],
         now: Timestamp,
     ) -> Result<(), Error> {
+        if crate::crash_point::fail_point("record_outcomes") {
+            return Err(Error::Busy("recording outcomes (a test's fail point)"));
+        }
         let mut tx = self.begin().await?;
         for (key, attempt, outcome) in outcomes {
             let (label, detail) = match outcome {
