@@ -1976,6 +1976,14 @@ impl TracedServer {
     }
 }
 
+impl Drop for TracedServer {
+    /// A test that fails mid-way leaves no server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Drives a flow over real HTTP, with errors of every kind; returns every response as text.
 async fn drive(client: &reqwest::Client, port: u16, token: &str) -> Vec<(String, String)> {
     let base = format!("http://127.0.0.1:{port}");
