@@ -18,6 +18,33 @@ fn import(kind: &str, file: &std::path::Path, db: &str) -> (Option<i32>, String)
     )
 }
 
+/// Writes `contents` to a file named `name` in a fresh folder and imports it as `kind` into
+/// a fresh database there; returns the folder (kept alive), the database URL, the exit code
+/// and what was printed, with the file's path shortened to its name.
+fn import_new(
+    kind: &str,
+    name: &str,
+    contents: impl AsRef<[u8]>,
+) -> (tempfile::TempDir, String, Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let file = dir.path().join(name);
+    std::fs::write(&file, contents).unwrap();
+    let (code, out) = import(kind, &file, &db);
+    let out = out.replace(file.to_str().unwrap(), name);
+    (dir, db, code, out)
+}
+
+/// Whether the store at `db` holds customer `id`.
+async fn has_customer(db: &str, id: &str) -> bool {
+    let store = Store::open(db, OpenOptions::default()).await.unwrap();
+    store
+        .customer(&CustomerId::parse(id).unwrap())
+        .await
+        .unwrap()
+        .is_some()
+}
+
 #[tokio::test]
 async fn a_csv_of_customers_imports_the_good_rows_and_names_the_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
@@ -201,15 +228,11 @@ fn an_unknown_column_type_stops_the_import_before_any_row() {
 
 #[tokio::test]
 async fn ndjson_customers_with_a_repeated_id_are_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("t.db").display());
-    let file = dir.path().join("customers.ndjson");
-    std::fs::write(
-        &file,
+    let (_dir, db, code, out) = import_new(
+        "customers",
+        "customers.ndjson",
         "{\"id\": \"ada\", \"email\": \"ada@example.com\"}\n{\"id\": \"ada\", \"email\": \"other@example.com\"}\n",
-    )
-    .unwrap();
-    let (code, out) = import("customers", &file, &db);
+    );
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("line 2: id \"ada\" repeats line 1"), "{out}");
     let store = Store::open(&db, OpenOptions::default()).await.unwrap();
@@ -223,44 +246,28 @@ async fn ndjson_customers_with_a_repeated_id_are_reported() {
 
 #[tokio::test]
 async fn an_ndjson_line_that_is_not_utf8_is_refused_and_the_rest_imported() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("t.db").display());
-    let file = dir.path().join("customers.ndjson");
     let mut bytes = b"{\"id\": \"ada\"}\n".to_vec();
     bytes.extend_from_slice(b"{\"id\": \"b\xffb\"}\n\n");
     bytes.extend_from_slice(b"{\"id\": \"cy\"}");
-    std::fs::write(&file, bytes).unwrap();
-    let (code, out) = import("customers", &file, &db);
+    let (_dir, db, code, out) = import_new("customers", "customers.ndjson", bytes);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("3 rows, 2 imported, 0 duplicates, 1 refused")
             && out.contains("line 2: the line is not UTF-8"),
         "{out}"
     );
-    let store = Store::open(&db, OpenOptions::default()).await.unwrap();
     for id in ["ada", "cy"] {
-        assert!(
-            store
-                .customer(&CustomerId::parse(id).unwrap())
-                .await
-                .unwrap()
-                .is_some(),
-            "{id}"
-        );
+        assert!(has_customer(&db, id).await, "{id}");
     }
 }
 
 #[tokio::test]
 async fn a_refused_row_after_a_value_spanning_lines_is_named_by_its_own_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("t.db").display());
-    let csv = dir.path().join("customers.csv");
-    std::fs::write(
-        &csv,
+    let (_dir, _db, code, out) = import_new(
+        "customers",
+        "customers.csv",
         "id,note,age:number\nada,\"two\nlines\",3\nbob,x,old\n",
-    )
-    .unwrap();
-    let (code, out) = import("customers", &csv, &db);
+    );
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("line 4: age: \"old\" is not a number"),
