@@ -102,8 +102,18 @@ struct Queued {
     customer: CustomerId,
     event: Event,
     now: Timestamp,
-    /// `None` when the group's transaction failed.
-    reply: oneshot::Sender<Option<Inserted>>,
+    reply: oneshot::Sender<Result<Inserted, GroupFailed>>,
+}
+
+/// Why a group's transaction stored nothing.
+#[derive(Debug, Clone)]
+enum GroupFailed {
+    /// The database cannot take writes now (disk full, locked): every request of the group
+    /// is answered 503 at once. Retrying each alone would only wait out the same lock again,
+    /// doubling how long a client waits for its 503.
+    Unavailable(String),
+    /// Anything else: each request is retried alone, so that its answer is its own error.
+    Other,
 }
 
 impl EventQueue {
@@ -116,24 +126,38 @@ impl EventQueue {
                 let results = match write_group(&store, &group).await {
                     Ok(results) => {
                         nudge.notify_one();
-                        Some(results)
+                        Ok(results)
+                    }
+                    Err(err) if err.is_unavailable() => {
+                        let reason = crate::scheduler::error_chain(&err);
+                        warn!(error = %reason, events = group.len(),
+                            "Storing a group of events failed for now; each is answered 503.");
+                        Err(GroupFailed::Unavailable(reason))
                     }
                     Err(err) => {
                         warn!(error = %crate::scheduler::error_chain(&err), events = group.len(),
                             "Storing a group of events failed; each is retried alone.");
-                        None
+                        Err(GroupFailed::Other)
                     }
                 };
                 for (i, q) in group.drain(..).enumerate() {
-                    let _ = q.reply.send(results.as_ref().map(|r| r[i]));
+                    let _ = q.reply.send(match &results {
+                        Ok(inserted) => Ok(inserted[i]),
+                        Err(failed) => Err(failed.clone()),
+                    });
                 }
             }
         });
         Self(sender)
     }
 
-    /// Stores one event with whatever else is queued; `None` if that failed.
-    async fn insert(&self, customer: CustomerId, event: Event, now: Timestamp) -> Option<Inserted> {
+    /// Stores one event with whatever else is queued.
+    async fn insert(
+        &self,
+        customer: CustomerId,
+        event: Event,
+        now: Timestamp,
+    ) -> Result<Inserted, GroupFailed> {
         let (reply, answer) = oneshot::channel();
         self.0
             .send(Queued {
@@ -142,8 +166,8 @@ impl EventQueue {
                 now,
                 reply,
             })
-            .ok()?;
-        answer.await.ok().flatten()
+            .map_err(|_| GroupFailed::Other)?;
+        answer.await.unwrap_or(Err(GroupFailed::Other))
     }
 }
 
@@ -173,9 +197,14 @@ pub(super) async fn post_one(
         .insert(customer.clone(), event.clone(), now)
         .await
     {
-        Some(inserted) => inserted,
+        Ok(inserted) => inserted,
+        Err(GroupFailed::Unavailable(reason)) => {
+            return Err(ApiError::Unavailable(
+                crate::store::Error::SharedUnavailable(reason),
+            ));
+        }
         // Alone, so that the answer is this event's own error if there is one.
-        None => store_events(&state, &[(customer, event)]).await?[0],
+        Err(GroupFailed::Other) => store_events(&state, &[(customer, event)]).await?[0],
     };
     let status = match inserted {
         Inserted::Accepted => StatusCode::ACCEPTED,
@@ -246,4 +275,63 @@ pub(super) async fn post_batch(
         StatusCode::ACCEPTED,
         Json(json!({ "accepted": accepted, "duplicates": results.len() - accepted })),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::OpenOptions;
+
+    /// A lone event posted while another connection holds the write lock is answered 503
+    /// after one wait for the lock, not after waiting it out once in its group and again
+    /// alone (it was: 2 × `lock_wait`).
+    #[tokio::test]
+    async fn a_locked_database_answers_a_single_event_after_one_wait_not_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let lock_wait = Duration::from_secs(1);
+        let store = Store::open(
+            &format!("sqlite://{}", path.display()),
+            OpenOptions {
+                gate_wait: lock_wait,
+                lock_wait,
+                ..OpenOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let nudge = Arc::new(Notify::new());
+        let state = AppState {
+            events: EventQueue::start(store.clone(), Arc::clone(&nudge)),
+            store,
+            catalog: Arc::default(),
+            clock: Arc::new(ManualClock::new("2026-03-02T15:00:00Z".parse().unwrap())),
+            nudge,
+            token: None,
+            max_body_bytes: 1 << 20,
+            unsubscribe_key: Arc::from(&b"key"[..]),
+        };
+        let locker = crate::store::testing::Locker::lock(&path).await;
+
+        let body = Body(br#"{"customer_id":"c1","name":"signup"}"#.to_vec().into());
+        // One wait is 1 s; two would be 2 s. The margin is for a loaded machine.
+        let answer =
+            tokio::time::timeout(lock_wait.mul_f32(1.7), post_one(State(state.clone()), body))
+                .await
+                .expect("the 503 comes after one wait for the lock");
+        let err = answer.expect_err("a locked database stores nothing");
+        assert_eq!(err.status_and_code().1, "unavailable", "{err:?}");
+
+        locker.release().await;
+        let body = Body(br#"{"customer_id":"c1","name":"signup"}"#.to_vec().into());
+        let (status, _) = post_one(State(state), body).await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::ACCEPTED,
+            "once the lock goes, the event is stored"
+        );
+    }
 }

@@ -44,6 +44,10 @@ pub enum Error {
     /// process, holds it).
     #[error("{0}: the database stayed locked longer than the wait allowed")]
     Busy(&'static str),
+    /// A transaction shared with other requests (a group commit) met an error that passes
+    /// (see [`Error::is_unavailable`]); the text is that error's chain.
+    #[error("{0}")]
+    SharedUnavailable(String),
     /// Stored JSON did not decode: the row was written by an incompatible version.
     #[error("decoding {what}")]
     Decode {
@@ -63,7 +67,7 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         let source = match self {
             Error::Open { source, .. } | Error::Query { source, .. } => source,
-            Error::Busy(_) => return true,
+            Error::Busy(_) | Error::SharedUnavailable(_) => return true,
             Error::Migrate(_) | Error::Decode { .. } => return false,
         };
         match source {
