@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod crash_point;
 pub mod engine;
+pub mod journey;
 pub mod model;
 pub mod scheduler;
 pub mod simulate;

@@ -22,7 +22,8 @@ use crate::channels::webhook::{Allowlist, WebhookChannel};
 use crate::channels::{Channels, EmailSink, SmsSink};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Secret, ServeConfig};
-use crate::scheduler::{self, Catalog, Links, SchedulerCtx};
+use crate::journey::{Catalog, Links, Shell};
+use crate::scheduler::{self, SchedulerCtx};
 use crate::store::{OpenOptions, Store};
 use crate::workflow::validate::check_paths;
 
@@ -190,18 +191,20 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
     Ok(Service {
         scheduler: SchedulerCtx {
             store: store.clone(),
-            catalog: catalog.clone(),
-            templates: Arc::new(templates),
-            links: Links {
-                public_url: config.public_url.clone(),
-                key: unsubscribe_key.clone(),
+            shell: Shell {
+                catalog: catalog.clone(),
+                templates: Arc::new(templates),
+                links: Links {
+                    public_url: config.public_url.clone(),
+                    key: unsubscribe_key.clone(),
+                },
+                policy: Arc::new(config.policy.to_policy().map_err(anyhow::Error::msg)?),
+                attribution_window: config.attribution_window.as_signed().unsigned_abs(),
             },
             batch_size: 200,
             outbox_nudge: outbox_nudge.clone(),
-            policy: Arc::new(config.policy.to_policy().map_err(anyhow::Error::msg)?),
             segment_refresh: config.segment_refresh.as_signed().unsigned_abs(),
             last_refresh: Arc::default(),
-            attribution_window: config.attribution_window.as_signed().unsigned_abs(),
             lifecycle: config.lifecycle.to_lifecycle(),
         },
         dispatcher: DispatchCtx {
@@ -242,7 +245,7 @@ pub fn run(config: &ServeConfig) -> anyhow::Result<ExitCode> {
         }
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
-        info!(listen = %config.listen, workflows = service.scheduler.catalog.current().count(), "Trellis is serving.");
+        info!(listen = %config.listen, workflows = service.scheduler.shell.catalog.current().count(), "Trellis is serving.");
         let scheduler = tokio::spawn(scheduler::run(service.scheduler, clock.clone(), service.scheduler_nudge, shutdown.clone()));
         let dispatcher = tokio::spawn(dispatch::run(service.dispatcher, clock, service.outbox_nudge, shutdown.clone()));
         let server_shutdown = shutdown.clone();

@@ -1,29 +1,13 @@
-//! The workflows the runtime knows: the current version of each file, and every version
-//! ever loaded (kept in the database), so a customer in flight finishes the journey with the
-//! version they entered with.
-
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::sync::Arc;
+//! Registers the workflow files in the store, so every version ever run can be loaded again.
 
 use jiff::Timestamp;
 
+use crate::journey::Catalog;
 use crate::store::{self, Store};
-use crate::workflow::{HistoryNeed, SegmentDef, Workflow};
-
-/// Workflows by id and by (id, version).
-#[derive(Debug, Default)]
-pub struct Catalog {
-    current: BTreeMap<String, Arc<Workflow>>,
-    versions: HashMap<(String, String), Arc<Workflow>>,
-    history: HistoryNeed,
-    segments: Vec<SegmentDef>,
-}
+use crate::workflow::{SegmentDef, Workflow};
 
 impl Catalog {
     /// Records the current workflows in the store, then loads every stored version.
-    /// A stored version that no longer parses (written by an older Trellis) is skipped;
-    /// its enrollments exit as broken when they next wake.
     ///
     /// # Errors
     /// On a database error.
@@ -46,56 +30,7 @@ impl Catalog {
             .await?;
         }
         tx.commit().await?;
-        let mut catalog = Catalog {
-            history: crate::workflow::segments_history_need(&segments),
-            segments,
-            ..Catalog::default()
-        };
-        for (id, version, text, path) in store.workflow_versions().await? {
-            if let Ok(mut wf) = crate::workflow::parse(Path::new(&path), &text) {
-                wf.source.version = version.clone();
-                catalog.versions.insert((id, version), Arc::new(wf));
-            }
-        }
-        for wf in current {
-            catalog.history = catalog.history.max(wf.history_window());
-            let wf = Arc::new(wf);
-            catalog
-                .versions
-                .insert((wf.id.to_string(), wf.source.version.clone()), wf.clone());
-            catalog.current.insert(wf.id.to_string(), wf);
-        }
-        Ok(catalog)
-    }
-
-    /// The segments, in definition order.
-    pub fn segments(&self) -> &[SegmentDef] {
-        &self.segments
-    }
-
-    /// The current workflows.
-    pub fn current(&self) -> impl Iterator<Item = &Arc<Workflow>> {
-        self.current.values()
-    }
-
-    /// The current version of one workflow.
-    pub fn get(&self, id: &str) -> Option<&Arc<Workflow>> {
-        self.current.get(id)
-    }
-
-    /// A specific version.
-    pub fn version(&self, id: &str, version: &str) -> Option<&Arc<Workflow>> {
-        self.versions.get(&(id.to_owned(), version.to_owned()))
-    }
-
-    /// How far back event history must be loaded for the conditions of all workflows.
-    pub fn history_since(&self, now: Timestamp) -> Option<Timestamp> {
-        match self.history {
-            HistoryNeed::Nothing => Some(now),
-            HistoryNeed::Within(d) => {
-                Some(now.checked_sub(d.as_signed()).unwrap_or(Timestamp::MIN))
-            }
-            HistoryNeed::All => None,
-        }
+        let stored = store.workflow_versions().await?;
+        Ok(Catalog::from_parts(current, stored, segments))
     }
 }

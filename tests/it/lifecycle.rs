@@ -300,7 +300,7 @@ async fn secrets_never_show_in_debug_output_or_api_responses() {
     .await;
     let debug = format!(
         "{:?} {:?}",
-        app.service.dispatcher, app.service.scheduler.links
+        app.service.dispatcher, app.service.scheduler.shell.links
     );
     for secret in ["hunter2", "tw-secret-77", TOKEN] {
         assert!(!debug.contains(secret), "{secret} leaked into {debug}");

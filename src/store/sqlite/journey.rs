@@ -420,3 +420,154 @@ impl Tx {
         Ok(())
     }
 }
+
+impl Tx {
+    /// Reads what the journey shell consults about one customer for one piece of work, as
+    /// `spec` bounds it, inside this transaction (so it sees the batch's earlier writes).
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn load_customer(
+        &mut self,
+        id: &CustomerId,
+        spec: &LoadSpec,
+    ) -> Result<CustomerState, Error> {
+        let customer = self.customer(id).await?;
+        let mut state = CustomerState {
+            history: self.history(id, spec.history_since).await?,
+            segments: self.segments_of(id).await?,
+            ..CustomerState::default()
+        };
+        if let Some(since) = spec.sends_since {
+            state.cap_sends = self.recent_sends(id, since).await?;
+        }
+        if spec.enrollments {
+            state.enrollments = self.active_enrollments(id).await?;
+            state.last_entered = self.last_entries(id).await?;
+        }
+        if let Some(since) = spec.fired_since {
+            state.fired = self.fired_since(id, since).await?;
+        }
+        if let Some(customer) = &customer {
+            state.suppressed = self.suppressed_addresses(customer).await?;
+        }
+        state.customer = customer;
+        Ok(state)
+    }
+
+    /// When the customer last entered each workflow.
+    async fn last_entries(
+        &mut self,
+        id: &CustomerId,
+    ) -> Result<BTreeMap<String, Timestamp>, Error> {
+        let rows = sqlx::query(
+            "SELECT workflow_id, MAX(entered_at) FROM enrollments WHERE customer_id = ? GROUP BY workflow_id",
+        )
+        .bind(id.as_str())
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query("reading past entries"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), from_millis(r.get(1))))
+            .collect())
+    }
+
+    /// The trigger occurrences handled for the customer since `since`.
+    async fn fired_since(
+        &mut self,
+        id: &CustomerId,
+        since: Timestamp,
+    ) -> Result<BTreeSet<(String, Timestamp)>, Error> {
+        let rows = sqlx::query(
+            "SELECT workflow_id, occurrence FROM trigger_fires WHERE customer_id = ? AND occurrence >= ?",
+        )
+        .bind(id.as_str())
+        .bind(millis(since))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query("reading trigger occurrences"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), from_millis(r.get(1))))
+            .collect())
+    }
+
+    /// Which of the customer's current addresses are suppressed, with the reason.
+    async fn suppressed_addresses(
+        &mut self,
+        customer: &Customer,
+    ) -> Result<BTreeMap<(Channel, String), String>, Error> {
+        let email = customer.address(Channel::Email);
+        let phone = customer.address(Channel::Sms);
+        if email.is_none() && phone.is_none() {
+            return Ok(BTreeMap::new());
+        }
+        let rows = sqlx::query(
+            "SELECT channel, reason FROM suppressions
+             WHERE (channel = 'email' AND address = lower(?1)) OR (channel = 'sms' AND address = lower(?2))",
+        )
+        .bind(email)
+        .bind(phone)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query("reading suppressions"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let channel = match r.get::<&str, _>(0) {
+                    "email" => Channel::Email,
+                    _ => Channel::Sms,
+                };
+                let address = customer.address(channel)?.to_owned();
+                Some(((channel, address), r.get(1)))
+            })
+            .collect())
+    }
+
+    /// Writes what the journey shell planned for one customer, in its order.
+    ///
+    /// # Errors
+    /// On a database error, such as a second active enrollment in the same workflow.
+    pub async fn write_customer(&mut self, w: &CustomerWrite, now: Timestamp) -> Result<(), Error> {
+        let Some(id) = &w.id else { return Ok(()) };
+        for segment in &w.joined {
+            self.set_member(segment, id, true, now).await?;
+        }
+        for segment in &w.left {
+            self.set_member(segment, id, false, now).await?;
+        }
+        for message in &w.messages {
+            self.insert_message(message, now).await?;
+        }
+        for conversion in &w.conversions {
+            self.record_conversion(conversion, now).await?;
+        }
+        for enrollment in &w.enrollments {
+            self.save_enrollment(enrollment, now).await?;
+        }
+        for fire in &w.fires {
+            match fire {
+                FireWrite::Schedule { workflow_id, at } => {
+                    self.schedule_fire(workflow_id, id, *at, now).await?;
+                }
+                FireWrite::Advance { workflow_id, next } => {
+                    self.advance_fire(workflow_id, id, *next).await?;
+                }
+                FireWrite::Fired {
+                    workflow_id,
+                    occurrence,
+                } => {
+                    self.record_fire(workflow_id, id, *occurrence).await?;
+                }
+            }
+        }
+        if let Some(profile) = &w.profile {
+            self.put_customer(profile, now).await?;
+        }
+        if let Some(seq) = w.processed {
+            self.mark_processed(seq).await?;
+        }
+        Ok(())
+    }
+}

@@ -12,7 +12,7 @@
 //! API and import write), `housekeeping` (settings, workflow versions, the sweep, traits) and
 //! `read_models` (what the API shows).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,8 @@ use super::{
     OutboxMessage, StoredEvent, decode, from_millis, millis, query,
 };
 use crate::engine::{Enrollment, Status};
-use crate::model::{Customer, CustomerId, Event, EventId};
+use crate::journey::{CustomerState, CustomerWrite, FireWrite, LoadSpec};
+use crate::model::{Channel, Customer, CustomerId, Event, EventId};
 
 mod housekeeping;
 mod ingest;
