@@ -194,12 +194,13 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             shell: Shell {
                 catalog: catalog.clone(),
                 templates: Arc::new(templates),
-                links: Links {
+                links: Links::Signed {
                     public_url: config.public_url.clone(),
                     key: unsubscribe_key.clone(),
                 },
                 policy: Arc::new(config.policy.to_policy().map_err(anyhow::Error::msg)?),
                 attribution_window: config.attribution_window.as_signed().unsigned_abs(),
+                journal: false,
             },
             batch_size: 200,
             outbox_nudge: outbox_nudge.clone(),

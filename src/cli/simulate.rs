@@ -81,7 +81,13 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         until: args.until,
         policy: args.policy.to_policy().map_err(anyhow::Error::msg)?,
     };
-    let lines = simulate::run(&workflow, &templates, customer, events, options)?;
+    let lines = simulate::run(
+        &workflow,
+        std::sync::Arc::new(templates),
+        customer,
+        events,
+        options,
+    )?;
     let text = if args.json {
         simulate::render_json(&lines)
     } else {

@@ -52,9 +52,16 @@ impl FromStr for Cap {
         if !window.is_positive() {
             return Err(bad());
         }
+        let max: u32 = max.trim().parse().map_err(|_| bad())?;
+        if max == 0 {
+            return Err(format!(
+                "frequency cap {text:?}: a cap of 0 would hold every marketing message forever; \
+                 allow at least 1, or pause the workflows instead"
+            ));
+        }
         Ok(Self {
             channel,
-            max: max.trim().parse().map_err(|_| bad())?,
+            max,
             window,
         })
     }
@@ -310,5 +317,12 @@ mod tests {
             "other channels are not capped"
         );
         assert!("email=3".parse::<Cap>().is_err() && "fax=1/1d".parse::<Cap>().is_err());
+    }
+
+    #[test]
+    fn a_cap_of_zero_is_refused_rather_than_panicking_the_scheduler() {
+        // It was accepted, and the first capped send indexed before the start of an empty list.
+        let err = "email=0/1d".parse::<Cap>().unwrap_err();
+        assert!(err.contains("at least 1"), "{err}");
     }
 }

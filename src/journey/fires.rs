@@ -83,13 +83,18 @@ impl Working {
             history: &self.state.history,
             now,
         };
-        if first_time && !paused.contains(workflow_id) && in_audience(workflow, &scope) {
-            let id = format!(
-                "{workflow_id}:{}:at-{}",
-                self.id(),
-                occurrence.as_millisecond()
-            );
-            self.enter(shell, workflow, None, id, now);
+        let audience = in_audience(workflow, &scope);
+        if first_time && !paused.contains(workflow_id) {
+            if audience {
+                let id = format!(
+                    "{workflow_id}:{}:at-{}",
+                    self.id(),
+                    occurrence.as_millisecond()
+                );
+                self.enter(shell, workflow, None, id, now);
+            } else {
+                self.skip(shell, now, "not in the audience");
+            }
         }
         let customer = with_default_zone(&self.customer, &shell.policy);
         let next = next_fire(workflow, &customer, occurrence.max(now));

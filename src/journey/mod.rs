@@ -6,12 +6,14 @@
 //! scheduler loads before and writes after.
 
 mod catalog;
+pub mod drive;
 mod fires;
 mod links;
 mod outbox;
 mod state;
 #[cfg(test)]
 mod tests;
+mod timeline;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -20,8 +22,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 pub use catalog::Catalog;
-pub use links::Links;
+pub use drive::{Sink, TickReport};
+pub use links::{Links, PREVIEW_UNSUBSCRIBE_LINK};
 pub use state::{CustomerState, CustomerWrite, FireWrite, LoadSpec, Work};
+pub use timeline::{Line, render_json, render_text};
 
 use crate::engine::entry::{EntryDecision, PastEntries, enrolls_on_event, may_enter};
 use crate::engine::policy::SendPolicy;
@@ -29,6 +33,12 @@ use crate::engine::{Enrollment, ExitReason, Facts, Input, Status, step};
 use crate::model::{Channel, Customer, CustomerId, Event};
 use crate::template::Templates;
 use crate::workflow::{Trigger, Workflow};
+
+/// The event that scripts entering a segment that has no definition (the simulator's
+/// scripts; the API refuses event names starting with `$`).
+pub const SEGMENT_ENTERED: &str = "$segment_entered";
+/// The event that scripts leaving a segment that has no definition.
+pub const SEGMENT_EXITED: &str = "$segment_exited";
 
 /// How far back a catch-up looks for a missed occurrence (`missed: next_day` reaches one day
 /// back, and its replacement one day ahead), with a margin.
@@ -47,6 +57,9 @@ pub struct Shell {
     pub policy: Arc<SendPolicy>,
     /// A conversion is credited to the last message received within this long before it.
     pub attribution_window: Duration,
+    /// Whether [`plan`] writes the timeline of what it decided ([`CustomerWrite::journal`]):
+    /// the simulator's output. Off in `serve`, where nobody reads it.
+    pub journal: bool,
 }
 
 impl Shell {
@@ -132,6 +145,18 @@ impl Working {
         }
     }
 
+    /// Notes in the journal why nothing happened.
+    fn skip(&mut self, shell: &Shell, now: Timestamp, reason: &str) {
+        if shell.journal {
+            self.write.journal.push(Line::new(
+                now,
+                None,
+                "skip",
+                serde_json::json!({ "reason": reason }),
+            ));
+        }
+    }
+
     fn id(&self) -> &CustomerId {
         &self.customer.id
     }
@@ -161,7 +186,21 @@ impl Working {
         };
         let result = step(workflow, enrollment, &facts, input, now);
         if result.enrollment != *enrollment {
+            let first_row = self.write.messages.len();
             let marks = outbox::apply(shell, workflow, &result, self, now);
+            if shell.journal {
+                let zone =
+                    crate::engine::policy::with_default_zone(&self.customer, &shell.policy).tz();
+                let waiting_at = enrollment.current_node().map(|n| n.as_str());
+                let lines = timeline::step_lines(
+                    &result,
+                    waiting_at,
+                    &self.write.messages[first_row..],
+                    &zone,
+                    now,
+                );
+                self.write.journal.extend(lines);
+            }
             // The next workflow stepped for this customer sees exactly what the outbox rows
             // will count.
             self.state
@@ -188,7 +227,16 @@ impl Working {
             active: self.active_in.contains(workflow.id.as_str()),
             last_entered_at: self.state.last_entered.get(workflow.id.as_str()).copied(),
         };
-        if may_enter(workflow.entry, past, now) != EntryDecision::Enter {
+        let refused = match may_enter(workflow.entry, past, now) {
+            EntryDecision::Enter => None,
+            EntryDecision::AlreadyActive => Some("already in this workflow".to_owned()),
+            EntryDecision::AlreadyEntered => {
+                Some("entry is once, and the customer entered before".to_owned())
+            }
+            EntryDecision::CoolingDown(until) => Some(format!("cooling down until {until}")),
+        };
+        if let Some(reason) = refused {
+            self.skip(shell, now, &reason);
             return;
         }
         self.state.last_entered.insert(workflow.id.to_string(), now);
@@ -262,6 +310,19 @@ impl Working {
         paused: &BTreeSet<String>,
         now: Timestamp,
     ) {
+        self.write.processed = Some(stored.seq);
+        if let Some(transitions) = scripted_segment(shell, &stored.event, &self.state.segments) {
+            for segment in &transitions.0 {
+                self.state.segments.insert(segment.clone());
+            }
+            for segment in &transitions.1 {
+                self.state.segments.remove(segment);
+            }
+            self.write.joined.extend(transitions.0.iter().cloned());
+            self.write.left.extend(transitions.1.iter().cloned());
+            self.enter_by_segments(shell, &transitions, paused, now);
+            return;
+        }
         let transitions = self.refresh_segments(shell, now);
         let input = Input::Event(stored.event.clone());
         for enrollment in std::mem::take(&mut self.state.enrollments) {
@@ -290,7 +351,6 @@ impl Working {
         }
         self.enter_by_segments(shell, &transitions, paused, now);
         self.schedule_fires(shell, now);
-        self.write.processed = Some(stored.seq);
     }
 
     /// Wakes one due enrollment; one whose version no longer loads exits as broken.
@@ -322,6 +382,30 @@ impl Working {
         }
         self.schedule_fires(shell, now);
     }
+}
+
+/// The transition a scripted segment event makes, `(entered, exited)`: only for a segment
+/// the catalog does not define (a defined one is computed), and only if it changes
+/// membership. `None` for any other event.
+fn scripted_segment(
+    shell: &Shell,
+    event: &Event,
+    segments: &BTreeSet<String>,
+) -> Option<(Vec<String>, Vec<String>)> {
+    let entered = match event.name.as_str() {
+        SEGMENT_ENTERED => true,
+        SEGMENT_EXITED => false,
+        _ => return None,
+    };
+    let segment = event.property("segment")?.as_str()?.to_owned();
+    if shell.catalog.segments().iter().any(|s| s.id == segment) {
+        return None;
+    }
+    Some(match (entered, segments.contains(&segment)) {
+        (true, false) => (vec![segment], Vec::new()),
+        (false, true) => (Vec::new(), vec![segment]),
+        _ => (Vec::new(), Vec::new()),
+    })
 }
 
 /// The channels a customer has an address for, with the address: what the store reads the

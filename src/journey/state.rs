@@ -113,6 +113,8 @@ pub struct CustomerWrite {
     pub fires: Vec<FireWrite>,
     /// The event processed, by sequence number.
     pub processed: Option<i64>,
+    /// What was decided, as timeline lines, when the shell keeps a journal.
+    pub journal: Vec<super::Line>,
 }
 
 impl CustomerWrite {

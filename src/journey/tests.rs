@@ -79,12 +79,13 @@ fn shell(workflows: &[&str], policy: SendPolicy) -> Shell {
     Shell {
         catalog: Arc::new(Catalog::from_parts(current, Vec::new(), Vec::new())),
         templates: Arc::new(templates),
-        links: Links {
+        links: Links::Signed {
             public_url: "https://trellis.example.test".into(),
             key: Arc::from(&b"a test key that is long enough"[..]),
         },
         policy: Arc::new(policy),
         attribution_window: Duration::from_secs(86_400),
+        journal: false,
     }
 }
 

@@ -6,7 +6,6 @@
 
 mod catalog;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,19 +14,14 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, instrument};
 
-pub use crate::journey::{Catalog, Links};
+pub use crate::journey::{Catalog, Links, TickReport};
 
 use crate::clock::Clock;
-use crate::journey::{Shell, Work};
-use crate::model::CustomerId;
-use crate::store::{self, Store, Tx};
-use crate::workflow::Trigger;
+use crate::journey::{Shell, Sink, drive};
+use crate::store::{self, Store};
 
 /// How long the loop sleeps at most between ticks, so a wake-up fires within a second.
 pub const MAX_SLEEP: Duration = Duration::from_secs(1);
-/// Rounds of due wake-ups in one tick; more waits for the next tick, so zero-length waits
-/// cannot hold a tick forever.
-const MAX_ROUNDS: usize = 64;
 
 /// What the scheduler works with.
 #[derive(Debug, Clone)]
@@ -48,111 +42,26 @@ pub struct SchedulerCtx {
     pub lifecycle: crate::traits::Lifecycle,
 }
 
-/// What one tick did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TickReport {
-    /// Events processed.
-    pub events: usize,
-    /// Enrollments woken.
-    pub woken: usize,
-    /// Schedule and date trigger occurrences handled.
-    pub fired: usize,
-    /// Messages added to the outbox.
-    pub messages: usize,
-    /// The next wake-up, if any.
-    pub next_wake: Option<Timestamp>,
-}
-
-/// Processes every pending event, then every enrollment due at `now`.
+/// Processes every pending event, then every enrollment and trigger occurrence due at `now`
+/// ([`drive::tick`] on the store), nudging the dispatcher after each batch that queued
+/// messages, so delivery starts while the rest of a long tick is still being stepped.
 ///
 /// # Errors
 /// A database error; the batch in progress is rolled back and retried next tick.
 #[instrument(skip_all, fields(now = %now))]
 pub async fn tick(ctx: &SchedulerCtx, now: Timestamp) -> Result<TickReport, store::Error> {
-    let paused = ctx.store.paused().await?;
-    let mut report = TickReport::default();
-    loop {
-        let mut tx = ctx.store.begin().await?;
-        let events = tx.pending_events(ctx.batch_size).await?;
-        if events.is_empty() {
-            tx.end_unwritten().await?;
-            break;
-        }
-        for stored in &events {
-            let work = Work::Event(stored);
-            report.messages += visit(ctx, &mut tx, &stored.customer_id, work, &paused, now).await?;
-            report.events += 1;
-        }
-        crate::crash_point::crash_point("in_step");
-        tx.commit().await?;
-        crate::crash_point::crash_point("after_step_commit");
-        nudge_outbox(ctx, &report);
-    }
-    for _ in 0..MAX_ROUNDS {
-        let mut tx = ctx.store.begin().await?;
-        let due = tx.due_enrollments(now, ctx.batch_size).await?;
-        if due.is_empty() {
-            tx.end_unwritten().await?;
-            break;
-        }
-        for enrollment in &due {
-            let work = Work::Wake(enrollment);
-            report.messages +=
-                visit(ctx, &mut tx, &enrollment.customer_id, work, &paused, now).await?;
-            report.woken += 1;
-        }
-        crate::crash_point::crash_point("in_step");
-        tx.commit().await?;
-        crate::crash_point::crash_point("after_step_commit");
-        nudge_outbox(ctx, &report);
-    }
-    for _ in 0..MAX_ROUNDS {
-        let mut tx = ctx.store.begin().await?;
-        let fires = tx.due_fires(now, ctx.batch_size).await?;
-        if fires.is_empty() {
-            tx.end_unwritten().await?;
-            break;
-        }
-        for (workflow_id, customer_id, occurrence) in &fires {
-            let work = Work::Fire {
-                workflow_id,
-                occurrence: *occurrence,
-            };
-            report.messages += visit(ctx, &mut tx, customer_id, work, &paused, now).await?;
-            report.fired += 1;
-        }
-        crate::crash_point::crash_point("in_step");
-        tx.commit().await?;
-        crate::crash_point::crash_point("after_step_commit");
-        nudge_outbox(ctx, &report);
-    }
-    report.next_wake = ctx.store.next_wake().await?;
-    Ok(report)
+    let nudge = |report: &TickReport| nudge_outbox(ctx, report);
+    let mut sink = Sink {
+        committed: &nudge,
+        journal: None,
+    };
+    drive::tick(&ctx.store, &ctx.shell, ctx.batch_size, now, &mut sink).await
 }
 
-/// Wakes the dispatcher once a batch has put messages in the outbox, so that delivery starts
-/// while the rest of a long tick is still being stepped.
 fn nudge_outbox(ctx: &SchedulerCtx, report: &TickReport) {
     if report.messages > 0 {
         ctx.outbox_nudge.notify_one();
     }
-}
-
-/// Loads one customer for one piece of work, plans it in the journey shell and writes the
-/// result, inside the batch's transaction; returns how many messages it queued.
-async fn visit(
-    ctx: &SchedulerCtx,
-    tx: &mut Tx,
-    id: &CustomerId,
-    work: Work<'_>,
-    paused: &BTreeSet<String>,
-    now: Timestamp,
-) -> Result<usize, store::Error> {
-    let spec = ctx.shell.load_spec(&work, now);
-    let state = tx.load_customer(id, &spec).await?;
-    let write = crate::journey::plan(&ctx.shell, id, state, work, paused, now);
-    tx.write_customer(&write, now).await?;
-    Ok(write.queued())
 }
 
 /// Recomputes every customer's value traits (RFM, value tier, lifecycle) at `now` and writes
@@ -171,54 +80,18 @@ pub async fn recompute_traits(
     Ok(traits.len())
 }
 
-/// Customers per transaction in a segment sweep.
-const SWEEP_BATCH: u32 = 500;
-
-/// Recomputes every customer's segments at `now`, firing segment triggers for each
-/// transition (for conditions that become true with time alone, "no order in 60 days"), and
-/// schedules time-based triggers for customers who have none yet (new workflows, imports).
-/// Returns how many customers entered or left a segment.
+/// Recomputes every customer's segments at `now` and keeps their time-based triggers
+/// scheduled ([`drive::sweep`]). Returns how many customers entered or left a segment.
 ///
 /// # Errors
 /// A database error; the batch in progress is rolled back.
 pub async fn refresh_segments(ctx: &SchedulerCtx, now: Timestamp) -> Result<usize, store::Error> {
-    let time_triggers = ctx.shell.catalog.current().any(|w| {
-        matches!(
-            w.trigger.value,
-            Trigger::Schedule(_) | Trigger::DateAttribute(_)
-        )
-    });
-    if ctx.shell.catalog.segments().is_empty() && !time_triggers {
-        return Ok(0);
-    }
-    let paused = ctx.store.paused().await?;
-    let mut after: Option<String> = None;
-    let mut changed = 0;
-    loop {
-        let ids = ctx
-            .store
-            .customer_ids_after(after.as_deref(), SWEEP_BATCH)
-            .await?;
-        let Some(last) = ids.last() else { break };
-        after = Some(last.to_string());
-        let mut tx = ctx.store.begin().await?;
-        let mut n_messages = 0;
-        for id in &ids {
-            let spec = ctx.shell.load_spec(&Work::Sweep, now);
-            let state = tx.load_customer(id, &spec).await?;
-            let write = crate::journey::plan(&ctx.shell, id, state, Work::Sweep, &paused, now);
-            if !write.joined.is_empty() || !write.left.is_empty() {
-                changed += 1;
-            }
-            n_messages += write.queued();
-            tx.write_customer(&write, now).await?;
-        }
-        tx.commit().await?;
-        if n_messages > 0 {
-            ctx.outbox_nudge.notify_one();
-        }
-    }
-    Ok(changed)
+    let nudge = |report: &TickReport| nudge_outbox(ctx, report);
+    let mut sink = Sink {
+        committed: &nudge,
+        journal: None,
+    };
+    drive::sweep(&ctx.store, &ctx.shell, now, &mut sink).await
 }
 
 /// Ticks until `shutdown`: after each tick it sleeps until the next wake-up (at most

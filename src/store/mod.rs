@@ -6,12 +6,16 @@
 //! The implementation is SQLite (`sqlite.rs`). The interface is kept narrow and free of
 //! SQLite types so that a PostgreSQL backend can sit beside it.
 
+pub mod memory;
+mod ports;
 mod sqlite;
 pub mod testing;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use memory::MemoryStore;
+pub use ports::{DueFire, JourneyStore, JourneyTx};
 pub use sqlite::{OpenOptions, Store, Tx};
 
 use crate::model::{Channel, CustomerId, Event};
@@ -48,6 +52,10 @@ pub enum Error {
     /// (see [`Error::is_unavailable`]); the text is that error's chain.
     #[error("{0}")]
     SharedUnavailable(String),
+    /// A write broke a rule the store enforces, such as one active enrollment per workflow
+    /// and customer (the memory store; SQLite reports its constraints as [`Error::Query`]).
+    #[error("{0}")]
+    Constraint(String),
     /// Stored JSON did not decode: the row was written by an incompatible version.
     #[error("decoding {what}")]
     Decode {
@@ -68,7 +76,7 @@ impl Error {
         let source = match self {
             Error::Open { source, .. } | Error::Query { source, .. } => source,
             Error::Busy(_) | Error::SharedUnavailable(_) => return true,
-            Error::Migrate(_) | Error::Decode { .. } => return false,
+            Error::Migrate(_) | Error::Decode { .. } | Error::Constraint(_) => return false,
         };
         match source {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,

@@ -82,9 +82,10 @@ pub fn events(script: &str) -> Vec<Event> {
 }
 
 /// Runs the simulator and returns one line per moment (without message bodies).
+/// The runtime plays the same script and must give the same timeline
+/// ([`crate::parity::played_both`]).
 pub fn timeline(wf: &Workflow, customer: Customer, events: Vec<Event>, options: Options) -> String {
-    let lines =
-        simulate::run(wf, &templates(), customer, events, options).expect("simulation runs");
+    let lines = crate::parity::played_both(wf, customer, events, options);
     lines
         .iter()
         .map(|l| l.to_text().lines().next().unwrap_or_default().to_owned() + "\n")
@@ -98,7 +99,7 @@ pub fn lines(
     events: Vec<Event>,
     options: Options,
 ) -> Vec<simulate::Line> {
-    simulate::run(wf, &templates(), customer, events, options).expect("simulation runs")
+    crate::parity::played_both(wf, customer, events, options)
 }
 
 /// An RFC 3339 instant.

@@ -19,6 +19,7 @@ mod import;
 mod inbound;
 mod kannel;
 mod lifecycle;
+mod parity;
 mod promises;
 mod runtime;
 mod segments;

@@ -571,3 +571,78 @@ impl Tx {
         Ok(())
     }
 }
+
+impl crate::store::JourneyStore for Store {
+    type Tx = Tx;
+
+    async fn begin(&self) -> Result<Tx, Error> {
+        Store::begin(self).await
+    }
+
+    async fn paused(&self) -> Result<BTreeSet<String>, Error> {
+        Store::paused(self).await
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>, Error> {
+        let row = sqlx::query(
+            "SELECT MIN(at) FROM (
+               SELECT MIN(e.wake_at) AS at FROM enrollments e JOIN workflows w ON w.id = e.workflow_id
+                WHERE e.active = 1 AND e.wake_at IS NOT NULL AND w.paused = 0
+               UNION ALL SELECT MIN(fire_at) FROM scheduled_fires)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query("reading the next wake-up"))?;
+        Ok(row.get::<Option<i64>, _>(0).map(from_millis))
+    }
+
+    async fn customer_ids_after(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<CustomerId>, Error> {
+        Store::customer_ids_after(self, after, limit).await
+    }
+}
+
+impl crate::store::JourneyTx for Tx {
+    async fn pending_events(&mut self, limit: u32) -> Result<Vec<StoredEvent>, Error> {
+        Tx::pending_events(self, limit).await
+    }
+
+    async fn due_enrollments(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Enrollment>, Error> {
+        Tx::due_enrollments(self, now, limit).await
+    }
+
+    async fn due_fires(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<crate::store::DueFire>, Error> {
+        Tx::due_fires(self, now, limit).await
+    }
+
+    async fn load_customer(
+        &mut self,
+        id: &CustomerId,
+        spec: &LoadSpec,
+    ) -> Result<CustomerState, Error> {
+        Tx::load_customer(self, id, spec).await
+    }
+
+    async fn write_customer(&mut self, write: &CustomerWrite, now: Timestamp) -> Result<(), Error> {
+        Tx::write_customer(self, write, now).await
+    }
+
+    async fn commit(self) -> Result<(), Error> {
+        Tx::commit(self).await
+    }
+
+    async fn end_unwritten(self) -> Result<(), Error> {
+        Tx::end_unwritten(self).await
+    }
+}

@@ -1,0 +1,223 @@
+//! Runs the shell against a [`JourneyStore`]: due work in batches, one transaction each —
+//! load, plan, write, commit. Generic over the store, so `serve` drives SQLite and the
+//! simulator drives memory with the same code; async only because stores are.
+
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+
+use super::{Line, Shell, Work};
+use crate::model::CustomerId;
+use crate::store::{Error, JourneyStore, JourneyTx};
+use crate::workflow::Trigger;
+
+/// Rounds of due wake-ups in one tick; more waits for the next tick, so zero-length waits
+/// cannot hold a tick forever.
+const MAX_ROUNDS: usize = 64;
+/// Customers per transaction in a sweep.
+const SWEEP_BATCH: u32 = 500;
+
+/// What one tick did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Events processed.
+    pub events: usize,
+    /// Enrollments woken.
+    pub woken: usize,
+    /// Schedule and date trigger occurrences handled.
+    pub fired: usize,
+    /// Messages added to the outbox.
+    pub messages: usize,
+    /// The next wake-up or trigger occurrence, if any.
+    pub next_wake: Option<Timestamp>,
+}
+
+/// Where a drive reports: after each commit (the scheduler nudges the dispatcher), and the
+/// journal of what was committed (the simulator's timeline).
+pub struct Sink<'a> {
+    /// Called after each committed batch with the report so far.
+    pub committed: &'a (dyn Fn(&TickReport) + Send + Sync),
+    /// Receives the journal lines of each committed batch, when the shell keeps one.
+    pub journal: Option<&'a mut Vec<Line>>,
+}
+
+impl Sink<'_> {
+    fn commit(&mut self, report: &TickReport, lines: Vec<Line>) {
+        (self.committed)(report);
+        if let Some(journal) = self.journal.as_deref_mut() {
+            journal.extend(lines);
+        }
+    }
+}
+
+/// One piece of work, owned, as a batch holds it. The variants differ in size, but a batch
+/// holds one kind and lives for one transaction.
+#[allow(clippy::large_enum_variant)]
+enum Due {
+    Event(crate::store::StoredEvent),
+    Wake(crate::engine::Enrollment),
+    Fire(crate::store::DueFire),
+}
+
+impl Due {
+    fn customer(&self) -> &CustomerId {
+        match self {
+            Due::Event(e) => &e.customer_id,
+            Due::Wake(e) => &e.customer_id,
+            Due::Fire((_, c, _)) => c,
+        }
+    }
+
+    fn work(&self) -> Work<'_> {
+        match self {
+            Due::Event(e) => Work::Event(e),
+            Due::Wake(e) => Work::Wake(e),
+            Due::Fire((workflow_id, _, occurrence)) => Work::Fire {
+                workflow_id,
+                occurrence: *occurrence,
+            },
+        }
+    }
+}
+
+/// Which kind of due work a round takes.
+#[derive(Clone, Copy)]
+enum Kind {
+    Events,
+    Wakes,
+    Fires,
+}
+
+/// Processes every pending event, then the enrollments due at `now`, then the trigger
+/// occurrences due, `batch_size` per transaction.
+///
+/// # Errors
+/// A store error; the batch in progress is rolled back and retried next tick.
+pub async fn tick<S: JourneyStore>(
+    store: &S,
+    shell: &Shell,
+    batch_size: u32,
+    now: Timestamp,
+    sink: &mut Sink<'_>,
+) -> Result<TickReport, Error> {
+    let paused = store.paused().await?;
+    let mut report = TickReport::default();
+    for kind in [Kind::Events, Kind::Wakes, Kind::Fires] {
+        // Events until none is left (new ones wait for the next tick only if they keep
+        // coming); wake-ups and fires a bounded number of rounds.
+        let rounds = if matches!(kind, Kind::Events) {
+            usize::MAX
+        } else {
+            MAX_ROUNDS
+        };
+        for _ in 0..rounds {
+            let mut tx = store.begin().await?;
+            let due: Vec<Due> = match kind {
+                Kind::Events => tx
+                    .pending_events(batch_size)
+                    .await?
+                    .into_iter()
+                    .map(Due::Event)
+                    .collect(),
+                Kind::Wakes => tx
+                    .due_enrollments(now, batch_size)
+                    .await?
+                    .into_iter()
+                    .map(Due::Wake)
+                    .collect(),
+                Kind::Fires => tx
+                    .due_fires(now, batch_size)
+                    .await?
+                    .into_iter()
+                    .map(Due::Fire)
+                    .collect(),
+            };
+            if due.is_empty() {
+                tx.end_unwritten().await?;
+                break;
+            }
+            let mut lines = Vec::new();
+            for item in &due {
+                let write =
+                    visit(&mut tx, shell, item.customer(), item.work(), &paused, now).await?;
+                report.messages += write.queued();
+                lines.extend(write.journal);
+                match kind {
+                    Kind::Events => report.events += 1,
+                    Kind::Wakes => report.woken += 1,
+                    Kind::Fires => report.fired += 1,
+                }
+            }
+            crate::crash_point::crash_point("in_step");
+            tx.commit().await?;
+            crate::crash_point::crash_point("after_step_commit");
+            sink.commit(&report, lines);
+        }
+    }
+    report.next_wake = store.next_due().await?;
+    Ok(report)
+}
+
+/// Loads one customer for one piece of work, plans it and writes the result.
+async fn visit<T: JourneyTx>(
+    tx: &mut T,
+    shell: &Shell,
+    id: &CustomerId,
+    work: Work<'_>,
+    paused: &BTreeSet<String>,
+    now: Timestamp,
+) -> Result<super::CustomerWrite, Error> {
+    let spec = shell.load_spec(&work, now);
+    let state = tx.load_customer(id, &spec).await?;
+    let write = super::plan(shell, id, state, work, paused, now);
+    tx.write_customer(&write, now).await?;
+    Ok(write)
+}
+
+/// Recomputes every customer's segments at `now`, firing segment triggers for each
+/// transition (for conditions that become true with time alone, "no order in 60 days"), and
+/// schedules time-based triggers for customers who have none yet (new workflows, imports).
+/// Returns how many customers entered or left a segment.
+///
+/// # Errors
+/// A store error; the batch in progress is rolled back.
+pub async fn sweep<S: JourneyStore>(
+    store: &S,
+    shell: &Shell,
+    now: Timestamp,
+    sink: &mut Sink<'_>,
+) -> Result<usize, Error> {
+    let time_triggers = shell.catalog.current().any(|w| {
+        matches!(
+            w.trigger.value,
+            Trigger::Schedule(_) | Trigger::DateAttribute(_)
+        )
+    });
+    if shell.catalog.segments().is_empty() && !time_triggers {
+        return Ok(0);
+    }
+    let paused = store.paused().await?;
+    let mut after: Option<String> = None;
+    let mut changed = 0;
+    loop {
+        let ids = store
+            .customer_ids_after(after.as_deref(), SWEEP_BATCH)
+            .await?;
+        let Some(last) = ids.last() else { break };
+        after = Some(last.to_string());
+        let mut tx = store.begin().await?;
+        let mut report = TickReport::default();
+        let mut lines = Vec::new();
+        for id in &ids {
+            let write = visit(&mut tx, shell, id, Work::Sweep, &paused, now).await?;
+            if !write.joined.is_empty() || !write.left.is_empty() {
+                changed += 1;
+            }
+            report.messages += write.queued();
+            lines.extend(write.journal);
+        }
+        tx.commit().await?;
+        sink.commit(&report, lines);
+    }
+    Ok(changed)
+}

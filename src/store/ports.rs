@@ -1,0 +1,74 @@
+//! The storage ports the journey drive uses, defined by what it does: one transaction at a
+//! time, in which it takes due work, loads a customer, and writes what the shell planned.
+//! `store::sqlite` implements them on SQLite, `store::memory` in memory for the simulator;
+//! `tests/it/store_conformance.rs` holds both to the same cases.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+
+use jiff::Timestamp;
+
+use super::{Error, StoredEvent};
+use crate::engine::Enrollment;
+use crate::journey::{CustomerState, CustomerWrite, LoadSpec};
+use crate::model::CustomerId;
+
+/// A trigger occurrence due: `(workflow id, customer, occurrence)`.
+pub type DueFire = (String, CustomerId, Timestamp);
+
+/// Where journeys are kept: the drive opens one [`JourneyTx`] per batch.
+pub trait JourneyStore: Send + Sync {
+    /// One transaction.
+    type Tx: JourneyTx + Send;
+    /// Starts a write transaction.
+    fn begin(&self) -> impl Future<Output = Result<Self::Tx, Error>> + Send;
+    /// The workflows paused: they enroll nobody and their wake-ups wait.
+    fn paused(&self) -> impl Future<Output = Result<BTreeSet<String>, Error>> + Send;
+    /// The earliest wake-up or trigger occurrence still to come, if any.
+    fn next_due(&self) -> impl Future<Output = Result<Option<Timestamp>, Error>> + Send;
+    /// Up to `limit` customer ids after `after`, in id order: the sweep's pages.
+    fn customer_ids_after(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<CustomerId>, Error>> + Send;
+}
+
+/// One transaction of a [`JourneyStore`]: all or nothing. Dropped without
+/// [`JourneyTx::commit`], it writes nothing.
+pub trait JourneyTx {
+    /// Up to `limit` events not yet processed, in arrival order.
+    fn pending_events(
+        &mut self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredEvent>, Error>> + Send;
+    /// Up to `limit` active enrollments due at `now`, of workflows not paused, earliest first.
+    fn due_enrollments(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Enrollment>, Error>> + Send;
+    /// Up to `limit` trigger occurrences due at `now`, earliest first.
+    fn due_fires(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<DueFire>, Error>> + Send;
+    /// What the shell consults about one customer, as `spec` bounds it; sees this
+    /// transaction's earlier writes.
+    fn load_customer(
+        &mut self,
+        id: &CustomerId,
+        spec: &LoadSpec,
+    ) -> impl Future<Output = Result<CustomerState, Error>> + Send;
+    /// Writes what the shell planned for one customer, in its order.
+    fn write_customer(
+        &mut self,
+        write: &CustomerWrite,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Commits.
+    fn commit(self) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Ends a transaction that wrote nothing.
+    fn end_unwritten(self) -> impl Future<Output = Result<(), Error>> + Send;
+}

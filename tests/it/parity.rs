@@ -1,0 +1,180 @@
+//! The simulator and the runtime are one shell: every timeline the simulator tests assert is
+//! also played on the runtime — a real SQLite file built by `serve`, events stored as the API
+//! stores them, the scheduler's drive ticked at each moment on a `ManualClock`, the real
+//! dispatcher delivering to the outbox folder — and the two journals must be identical to
+//! the second, line by line. `helpers::timeline` and `helpers::lines` call [`played_both`].
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use trellis::channels::dispatch;
+use trellis::journey::{Catalog, Line, Shell};
+use trellis::model::{Customer, CustomerId, Event};
+use trellis::simulate::{self, Options, Stage};
+use trellis::store::{self, JourneyStore, Store};
+
+use crate::app::{TestApp, spawn_app};
+
+/// The runtime as a stage: `serve`'s store and dispatcher.
+struct Runtime {
+    app: TestApp,
+}
+
+impl JourneyStore for Runtime {
+    type Tx = <Store as JourneyStore>::Tx;
+
+    async fn begin(&self) -> Result<Self::Tx, store::Error> {
+        JourneyStore::begin(&self.app.service.scheduler.store).await
+    }
+
+    async fn paused(&self) -> Result<std::collections::BTreeSet<String>, store::Error> {
+        JourneyStore::paused(&self.app.service.scheduler.store).await
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>, store::Error> {
+        self.app.service.scheduler.store.next_due().await
+    }
+
+    async fn customer_ids_after(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<CustomerId>, store::Error> {
+        JourneyStore::customer_ids_after(&self.app.service.scheduler.store, after, limit).await
+    }
+}
+
+impl Stage for Runtime {
+    async fn put_customer(&self, customer: &Customer, now: Timestamp) -> Result<(), store::Error> {
+        let mut tx = self.app.service.scheduler.store.begin().await?;
+        tx.put_customer(customer, now).await?;
+        tx.commit().await
+    }
+
+    async fn insert_event(
+        &self,
+        customer: &CustomerId,
+        event: &Event,
+        now: Timestamp,
+    ) -> Result<(), store::Error> {
+        let mut tx = self.app.service.scheduler.store.begin().await?;
+        tx.insert_event(customer, event, now).await?;
+        tx.commit().await
+    }
+
+    async fn deliver(&self, now: Timestamp) -> Result<(), store::Error> {
+        self.app.clock.set(now);
+        while dispatch::drain(&self.app.service.dispatcher, now)
+            .await?
+            .attempted()
+            > 0
+        {}
+        Ok(())
+    }
+}
+
+/// The journal of the runtime playing the script, with the simulator's shell settings over
+/// `serve`'s catalog registration (the workflow recorded in the database).
+async fn played_on_the_runtime(
+    workflow: &trellis::workflow::Workflow,
+    customer: Customer,
+    events: Vec<Event>,
+    options: &Options,
+) -> Vec<Line> {
+    let bounds = simulate::bounds(&events, options).expect("the script has bounds");
+    let runtime = Runtime {
+        app: spawn_app(&[]).await,
+    };
+    let store = &runtime.app.service.scheduler.store;
+    let catalog = Catalog::register(store, vec![workflow.clone()], Vec::new(), bounds.0)
+        .await
+        .expect("the workflow registers");
+    let shell = Shell {
+        catalog: Arc::new(catalog),
+        ..simulate::shell(
+            workflow,
+            Arc::new(crate::helpers::templates()),
+            options.policy.clone(),
+        )
+    };
+    simulate::timeline(&runtime, &shell, customer, events, bounds)
+        .await
+        .expect("the runtime plays the script")
+}
+
+/// The simulator's timeline, after checking that the runtime plays the same one.
+///
+/// # Panics
+/// When the two differ, naming the first line that does.
+pub fn played_both(
+    workflow: &trellis::workflow::Workflow,
+    customer: Customer,
+    events: Vec<Event>,
+    options: Options,
+) -> Vec<Line> {
+    let simulated = simulate::run(
+        workflow,
+        Arc::new(crate::helpers::templates()),
+        customer.clone(),
+        events.clone(),
+        options.clone(),
+    )
+    .expect("simulation runs");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime starts")
+        .block_on(played_on_the_runtime(workflow, customer, events, &options));
+    let json =
+        |lines: &[Line]| -> Vec<String> { lines.iter().map(|l| l.to_json().to_string()).collect() };
+    let (simulated_json, runtime_json) = (json(&simulated), json(&runtime));
+    if let Some(i) = (0..simulated_json.len().max(runtime_json.len()))
+        .find(|&i| simulated_json.get(i) != runtime_json.get(i))
+    {
+        panic!(
+            "the simulator and the runtime differ at line {i} of {}/{}:\n  simulator: {}\n  runtime:   {}",
+            simulated_json.len(),
+            runtime_json.len(),
+            simulated_json.get(i).map_or("(none)", String::as_str),
+            runtime_json.get(i).map_or("(none)", String::as_str),
+        );
+    }
+    simulated
+}
+
+#[test]
+fn a_difference_between_the_two_is_reported() {
+    // The check itself can fail: a runtime whose policy differs (a cap the simulator does not
+    // have) gives another timeline.
+    let workflow = crate::helpers::example("welcome_series");
+    let ada = crate::helpers::customer(
+        r#"{"id": "ada", "email": "ada@example.com", "attributes": {"plan": "pro"},
+            "consent": {"email": true}}"#,
+    );
+    let events = crate::helpers::events("2026-03-02T15:00:00Z signup");
+    let simulated = simulate::run(
+        &workflow,
+        Arc::new(crate::helpers::templates()),
+        ada.clone(),
+        events.clone(),
+        Options::default(),
+    )
+    .unwrap();
+    let capped = Options {
+        policy: trellis::engine::policy::SendPolicy {
+            caps: vec!["email=1/7d".parse().unwrap()],
+            cap_mode: "drop".parse().unwrap(),
+            ..Default::default()
+        },
+        ..Options::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(played_on_the_runtime(&workflow, ada, events, &capped));
+    assert_ne!(
+        simulated.iter().map(Line::to_json).collect::<Vec<_>>(),
+        runtime.iter().map(Line::to_json).collect::<Vec<_>>()
+    );
+}
