@@ -15,7 +15,7 @@ use jiff::Timestamp;
 
 use crate::engine::policy::SendPolicy;
 use crate::journey::{self, Catalog, Links, Shell, Sink, TickReport};
-use crate::model::{Customer, CustomerId, Event};
+use crate::model::{Channel, Customer, CustomerId, Event};
 use crate::store::{self, JourneyStore, MemoryStore};
 use crate::template::Templates;
 use crate::workflow::Workflow;
@@ -77,8 +77,54 @@ pub trait Stage: JourneyStore {
         event: &Event,
         now: Timestamp,
     ) -> impl Future<Output = Result<(), store::Error>> + Send;
+    /// Suppresses an address on a channel, as a hard bounce would.
+    fn suppress(
+        &self,
+        channel: Channel,
+        address: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), store::Error>> + Send;
     /// Delivers the messages due at `now`.
     fn deliver(&self, now: Timestamp) -> impl Future<Output = Result<(), store::Error>> + Send;
+}
+
+/// SQLite as a stage: customers, events and suppressions written as the API writes them.
+/// Delivery is the dispatcher's, which needs channels: a stage that delivers wraps the store
+/// with one (tests/it/parity.rs); here `deliver` sends nothing.
+impl Stage for store::Store {
+    async fn put_customer(&self, customer: &Customer, now: Timestamp) -> Result<(), store::Error> {
+        let mut tx = self.begin().await?;
+        tx.put_customer(customer, now).await?;
+        tx.commit().await
+    }
+
+    async fn insert_event(
+        &self,
+        customer: &CustomerId,
+        event: &Event,
+        now: Timestamp,
+    ) -> Result<(), store::Error> {
+        let mut tx = self.begin().await?;
+        tx.insert_event(customer, event, now).await?;
+        tx.commit().await
+    }
+
+    async fn suppress(
+        &self,
+        channel: Channel,
+        address: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(), store::Error> {
+        let mut tx = self.begin().await?;
+        tx.suppress(channel, address, reason, now).await?;
+        tx.commit().await
+    }
+
+    async fn deliver(&self, _now: Timestamp) -> Result<(), store::Error> {
+        Ok(())
+    }
 }
 
 impl Stage for MemoryStore {
@@ -94,6 +140,17 @@ impl Stage for MemoryStore {
         _now: Timestamp,
     ) -> Result<(), store::Error> {
         MemoryStore::insert_event(self, customer, event);
+        Ok(())
+    }
+
+    async fn suppress(
+        &self,
+        channel: Channel,
+        address: &str,
+        reason: &str,
+        _now: Timestamp,
+    ) -> Result<(), store::Error> {
+        MemoryStore::suppress(self, channel, address, reason);
         Ok(())
     }
 

@@ -24,5 +24,6 @@ mod promises;
 mod runtime;
 mod segments;
 mod simulate;
+mod store_conformance;
 mod tidy;
 mod traits;

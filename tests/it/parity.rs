@@ -46,9 +46,7 @@ impl JourneyStore for Runtime {
 
 impl Stage for Runtime {
     async fn put_customer(&self, customer: &Customer, now: Timestamp) -> Result<(), store::Error> {
-        let mut tx = self.app.service.scheduler.store.begin().await?;
-        tx.put_customer(customer, now).await?;
-        tx.commit().await
+        Stage::put_customer(&self.app.service.scheduler.store, customer, now).await
     }
 
     async fn insert_event(
@@ -57,9 +55,24 @@ impl Stage for Runtime {
         event: &Event,
         now: Timestamp,
     ) -> Result<(), store::Error> {
-        let mut tx = self.app.service.scheduler.store.begin().await?;
-        tx.insert_event(customer, event, now).await?;
-        tx.commit().await
+        Stage::insert_event(&self.app.service.scheduler.store, customer, event, now).await
+    }
+
+    async fn suppress(
+        &self,
+        channel: trellis::model::Channel,
+        address: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(), store::Error> {
+        Stage::suppress(
+            &self.app.service.scheduler.store,
+            channel,
+            address,
+            reason,
+            now,
+        )
+        .await
     }
 
     async fn deliver(&self, now: Timestamp) -> Result<(), store::Error> {

@@ -1,0 +1,424 @@
+//! One suite, every journey store: the SQLite store `serve` uses and the memory store the
+//! simulator uses must answer the journey drive's port (`JourneyStore`, `JourneyTx`) the same
+//! way. Each case runs on both; a store that breaks a rule the other keeps fails here.
+
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+use trellis::engine::policy::counts_toward_caps;
+use trellis::journey::{CustomerState, CustomerWrite, FireWrite, LoadSpec};
+use trellis::model::{Channel, Customer, CustomerId, Event, EventId};
+use trellis::simulate::Stage;
+use trellis::store::{JourneyStore, JourneyTx, MemoryStore, MessageStatus, NewMessage, Payload};
+
+use crate::helpers::at;
+
+/// Runs `case` on a fresh memory store and on a fresh SQLite file.
+macro_rules! on_every_store {
+    ($case:ident) => {
+        let memory = MemoryStore::default();
+        $case(&memory, "memory").await;
+        let (sqlite, _dir) = trellis::store::testing::temp_store().await;
+        $case(&sqlite, "sqlite").await;
+    };
+}
+
+fn ada() -> CustomerId {
+    CustomerId::parse("ada".to_owned()).unwrap()
+}
+
+fn ada_profile() -> Customer {
+    serde_json::from_value(serde_json::json!({
+        "id": "ada", "email": "Ada@Example.com", "phone": "+14155550101",
+        "consent": {"email": true, "sms": true}
+    }))
+    .unwrap()
+}
+
+fn event(name: &str, id: Option<&str>, when: &str) -> Event {
+    Event {
+        id: id.map(|id| EventId::parse(id).unwrap()),
+        name: name.into(),
+        timestamp: at(when),
+        properties: Default::default(),
+    }
+}
+
+fn everything() -> LoadSpec {
+    LoadSpec {
+        history_since: None,
+        sends_since: Some(Timestamp::MIN),
+        fired_since: Some(Timestamp::MIN),
+        enrollments: true,
+    }
+}
+
+fn message(key: &str, status: MessageStatus, cap_at: Option<&str>) -> NewMessage {
+    let send = trellis::engine::Effect::Send(trellis::engine::Message {
+        key: trellis::model::IdempotencyKey::derive(&[key]),
+        node: trellis::model::NodeId::parse("n".to_owned()).unwrap(),
+        channel: Channel::Email,
+        template: "welcome".into(),
+        from: None,
+        reply_to: None,
+    });
+    NewMessage {
+        key: key.into(),
+        enrollment_id: "e".into(),
+        workflow_id: "w".into(),
+        node: "n".into(),
+        customer_id: "ada".into(),
+        template: Some("welcome".into()),
+        status,
+        payload: Payload::None,
+        note: None,
+        transactional: false,
+        cap: cap_at
+            .and_then(|t| counts_toward_caps(trellis::workflow::Category::Marketing, &send, at(t))),
+    }
+}
+
+async fn write<S: JourneyStore>(store: &S, w: CustomerWrite, now: &str) {
+    let mut tx = store.begin().await.unwrap();
+    tx.write_customer(&w, at(now)).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn load<S: JourneyStore>(store: &S, spec: &LoadSpec) -> CustomerState {
+    let mut tx = store.begin().await.unwrap();
+    let state = tx.load_customer(&ada(), spec).await.unwrap();
+    tx.end_unwritten().await.unwrap();
+    state
+}
+
+async fn events_arrive_in_order_once_per_id_and_leave_when_processed<S: JourneyStore + Stage>(
+    store: &S,
+    name: &str,
+) {
+    let now = at("2026-03-02T10:00:00Z");
+    for (n, id) in [
+        ("signup", Some("s1")),
+        ("signup", Some("s1")),
+        ("order", None),
+    ] {
+        store
+            .insert_event(&ada(), &event(n, id, "2026-03-02T10:00:00Z"), now)
+            .await
+            .unwrap();
+    }
+    let mut tx = store.begin().await.unwrap();
+    let pending = tx.pending_events(10).await.unwrap();
+    tx.end_unwritten().await.unwrap();
+    let seen: Vec<(i64, &str)> = pending
+        .iter()
+        .map(|e| (e.seq, e.event.name.as_str()))
+        .collect();
+    // A refused duplicate uses up a sequence number, as SQLite's AUTOINCREMENT does.
+    assert_eq!(seen, [(1, "signup"), (3, "order")], "{name}");
+    write(
+        store,
+        CustomerWrite {
+            id: Some(ada()),
+            processed: Some(1),
+            ..CustomerWrite::default()
+        },
+        "2026-03-02T10:00:01Z",
+    )
+    .await;
+    let mut tx = store.begin().await.unwrap();
+    let left: Vec<i64> = tx
+        .pending_events(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    tx.end_unwritten().await.unwrap();
+    assert_eq!(left, [3], "{name}");
+    // History holds every stored event, processed or not, oldest first.
+    assert_eq!(load(store, &everything()).await.history.len(), 2, "{name}");
+}
+
+async fn a_key_is_written_once_unless_its_row_is_held<S: JourneyStore + Stage>(
+    store: &S,
+    name: &str,
+) {
+    store
+        .put_customer(&ada_profile(), at("2026-03-02T10:00:00Z"))
+        .await
+        .unwrap();
+    let first = CustomerWrite {
+        id: Some(ada()),
+        messages: vec![
+            message("held", MessageStatus::Held, None),
+            message("sent", MessageStatus::Pending, Some("2026-03-02T10:00:00Z")),
+        ],
+        ..CustomerWrite::default()
+    };
+    write(store, first, "2026-03-02T10:00:00Z").await;
+    let second = CustomerWrite {
+        id: Some(ada()),
+        messages: vec![
+            message("held", MessageStatus::Pending, Some("2026-03-02T12:00:00Z")),
+            message("sent", MessageStatus::Pending, Some("2026-03-02T12:00:00Z")),
+        ],
+        ..CustomerWrite::default()
+    };
+    write(store, second, "2026-03-02T12:00:00Z").await;
+    // The held row became the send, counted from when it was decided; the other kept its mark.
+    let mut sends = load(store, &everything()).await.cap_sends;
+    sends.sort();
+    assert_eq!(
+        sends,
+        [
+            (Channel::Email, at("2026-03-02T10:00:00Z")),
+            (Channel::Email, at("2026-03-02T12:00:00Z"))
+        ],
+        "{name}"
+    );
+    // Only marks after `sends_since` count.
+    let recent = LoadSpec {
+        sends_since: Some(at("2026-03-02T10:00:00Z")),
+        ..everything()
+    };
+    assert_eq!(load(store, &recent).await.cap_sends.len(), 1, "{name}");
+}
+
+async fn enrollments_load_active_in_entry_order_and_one_active_per_workflow<
+    S: JourneyStore + Stage,
+>(
+    store: &S,
+    name: &str,
+) {
+    let wf = crate::helpers::example("welcome_series");
+    let old = trellis::engine::Enrollment::new(
+        "welcome_series:ada:1".to_owned(),
+        &wf,
+        ada(),
+        None,
+        at("2026-03-01T10:00:00Z"),
+    );
+    let mut ended = old.clone();
+    ended.status = trellis::engine::Status::Exited {
+        reason: trellis::engine::ExitReason::Completed,
+        at: at("2026-03-01T11:00:00Z"),
+    };
+    let new = trellis::engine::Enrollment::new(
+        "welcome_series:ada:2".to_owned(),
+        &wf,
+        ada(),
+        None,
+        at("2026-03-02T10:00:00Z"),
+    );
+    write(
+        store,
+        CustomerWrite {
+            id: Some(ada()),
+            enrollments: vec![old.clone(), ended, new.clone()],
+            ..CustomerWrite::default()
+        },
+        "2026-03-02T10:00:00Z",
+    )
+    .await;
+    let state = load(store, &everything()).await;
+    let active: Vec<&str> = state.enrollments.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(active, ["welcome_series:ada:2"], "{name}");
+    assert_eq!(
+        state.last_entered.get("welcome_series"),
+        Some(&at("2026-03-02T10:00:00Z")),
+        "{name}"
+    );
+    // A second active enrollment in the same workflow is refused and the batch writes nothing.
+    let mut tx = store.begin().await.unwrap();
+    let refused = tx
+        .write_customer(
+            &CustomerWrite {
+                id: Some(ada()),
+                enrollments: vec![old],
+                ..CustomerWrite::default()
+            },
+            at("2026-03-02T11:00:00Z"),
+        )
+        .await;
+    assert!(refused.is_err(), "{name}: {refused:?}");
+    drop(tx);
+    assert_eq!(
+        load(store, &everything()).await.enrollments.len(),
+        1,
+        "{name}"
+    );
+}
+
+async fn a_due_occurrence_is_kept_when_rescheduled_and_handled_once<S: JourneyStore + Stage>(
+    store: &S,
+    name: &str,
+) {
+    store
+        .put_customer(&ada_profile(), at("2026-03-02T08:00:00Z"))
+        .await
+        .unwrap();
+    let schedule = |when: &str| FireWrite::Schedule {
+        workflow_id: "weekly_newsletter".into(),
+        at: Some(at(when)),
+    };
+    let w = |fires| CustomerWrite {
+        id: Some(ada()),
+        fires,
+        ..CustomerWrite::default()
+    };
+    write(
+        store,
+        w(vec![schedule("2026-03-02T09:00:00Z")]),
+        "2026-03-02T08:00:00Z",
+    )
+    .await;
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(at("2026-03-02T09:00:00Z")),
+        "{name}"
+    );
+    // Rescheduling after the occurrence is due keeps it: it has not been handled yet.
+    write(
+        store,
+        w(vec![schedule("2026-03-09T09:00:00Z")]),
+        "2026-03-02T09:30:00Z",
+    )
+    .await;
+    let mut tx = store.begin().await.unwrap();
+    let due = tx.due_fires(at("2026-03-02T09:30:00Z"), 10).await.unwrap();
+    tx.end_unwritten().await.unwrap();
+    assert_eq!(
+        due,
+        [(
+            "weekly_newsletter".to_owned(),
+            ada(),
+            at("2026-03-02T09:00:00Z")
+        )],
+        "{name}"
+    );
+    write(
+        store,
+        w(vec![
+            FireWrite::Fired {
+                workflow_id: "weekly_newsletter".into(),
+                occurrence: at("2026-03-02T09:00:00Z"),
+            },
+            FireWrite::Advance {
+                workflow_id: "weekly_newsletter".into(),
+                next: Some(at("2026-03-09T09:00:00Z")),
+            },
+        ]),
+        "2026-03-02T09:30:00Z",
+    )
+    .await;
+    let state = load(store, &everything()).await;
+    assert_eq!(
+        state.fired,
+        BTreeSet::from([("weekly_newsletter".to_owned(), at("2026-03-02T09:00:00Z"))]),
+        "{name}"
+    );
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(at("2026-03-09T09:00:00Z")),
+        "{name}"
+    );
+    let later = LoadSpec {
+        fired_since: Some(at("2026-03-03T00:00:00Z")),
+        ..everything()
+    };
+    assert!(load(store, &later).await.fired.is_empty(), "{name}");
+}
+
+async fn segments_and_suppressions_load_as_written<S: JourneyStore + Stage>(store: &S, name: &str) {
+    store
+        .put_customer(&ada_profile(), at("2026-03-02T08:00:00Z"))
+        .await
+        .unwrap();
+    write(
+        store,
+        CustomerWrite {
+            id: Some(ada()),
+            joined: vec!["buyers".into(), "vip".into()],
+            ..CustomerWrite::default()
+        },
+        "2026-03-02T08:00:00Z",
+    )
+    .await;
+    write(
+        store,
+        CustomerWrite {
+            id: Some(ada()),
+            left: vec!["vip".into()],
+            ..CustomerWrite::default()
+        },
+        "2026-03-02T09:00:00Z",
+    )
+    .await;
+    store
+        .suppress(
+            Channel::Email,
+            "ada@example.COM",
+            "bounced: 550 5.1.1",
+            at("2026-03-02T09:00:00Z"),
+        )
+        .await
+        .unwrap();
+    let state = load(store, &everything()).await;
+    assert_eq!(
+        state.segments,
+        BTreeSet::from(["buyers".to_owned()]),
+        "{name}"
+    );
+    // Addresses compare without case; the key is the customer's address as written.
+    assert_eq!(
+        state.suppressed.into_iter().collect::<Vec<_>>(),
+        [(
+            (Channel::Email, "Ada@Example.com".to_owned()),
+            "bounced: 550 5.1.1".to_owned()
+        )],
+        "{name}"
+    );
+    assert_eq!(state.customer.map(|c| c.id), Some(ada()), "{name}");
+}
+
+async fn a_transaction_dropped_unfinished_writes_nothing<S: JourneyStore + Stage>(
+    store: &S,
+    name: &str,
+) {
+    store
+        .put_customer(&ada_profile(), at("2026-03-02T08:00:00Z"))
+        .await
+        .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.write_customer(
+        &CustomerWrite {
+            id: Some(ada()),
+            joined: vec!["buyers".into()],
+            messages: vec![message(
+                "k",
+                MessageStatus::Pending,
+                Some("2026-03-02T08:00:00Z"),
+            )],
+            ..CustomerWrite::default()
+        },
+        at("2026-03-02T08:00:00Z"),
+    )
+    .await
+    .unwrap();
+    drop(tx);
+    let state = load(store, &everything()).await;
+    assert!(
+        state.segments.is_empty() && state.cap_sends.is_empty(),
+        "{name}: {state:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_store_answers_the_journey_port_alike() {
+    on_every_store!(events_arrive_in_order_once_per_id_and_leave_when_processed);
+    on_every_store!(a_key_is_written_once_unless_its_row_is_held);
+    on_every_store!(enrollments_load_active_in_entry_order_and_one_active_per_workflow);
+    on_every_store!(a_due_occurrence_is_kept_when_rescheduled_and_handled_once);
+    on_every_store!(segments_and_suppressions_load_as_written);
+    on_every_store!(a_transaction_dropped_unfinished_writes_nothing);
+}
