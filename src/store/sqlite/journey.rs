@@ -479,14 +479,12 @@ impl Tx {
         id: &CustomerId,
         since: Timestamp,
     ) -> Result<BTreeSet<(String, Timestamp)>, Error> {
-        let rows = sqlx::query(
-            "SELECT workflow_id, occurrence FROM trigger_fires WHERE customer_id = ? AND occurrence >= ?",
-        )
-        .bind(id.as_str())
-        .bind(millis(since))
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(query("reading trigger occurrences"))?;
+        let rows = sqlx::query(FIRED_SINCE)
+            .bind(id.as_str())
+            .bind(millis(since))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(query("reading trigger occurrences"))?;
         Ok(rows
             .iter()
             .map(|r| (r.get(0), from_millis(r.get(1))))
@@ -572,6 +570,10 @@ impl Tx {
     }
 }
 
+/// A customer's handled occurrences since an instant (index `trigger_fires_by_customer`).
+const FIRED_SINCE: &str =
+    "SELECT workflow_id, occurrence FROM trigger_fires WHERE customer_id = ? AND occurrence >= ?";
+
 impl crate::store::JourneyStore for Store {
     type Tx = Tx;
 
@@ -644,5 +646,33 @@ impl crate::store::JourneyTx for Tx {
 
     async fn end_unwritten(self) -> Result<(), Error> {
         Tx::end_unwritten(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How SQLite plans `sql`, one line per step.
+    async fn plan_of(store: &Store, sql: &str) -> String {
+        let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .bind("ada")
+            .bind(0_i64)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| r.get::<String, _>(3))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn a_customers_occurrences_are_read_through_an_index_not_a_scan() {
+        // The primary key starts with the workflow: without its own index this read scanned
+        // every occurrence of every broadcast, once per customer a fire visits.
+        let (store, _dir) = crate::store::testing::temp_store().await;
+        let plan = plan_of(&store, FIRED_SINCE).await;
+        assert!(plan.contains("trigger_fires_by_customer"), "{plan}");
     }
 }
