@@ -137,15 +137,15 @@ pub async fn tick<S: JourneyStore>(
                 break;
             }
             let mut lines = Vec::new();
-            for item in &due {
-                let write =
-                    visit(&mut tx, shell, item.customer(), item.work(), &paused, now).await?;
-                report.messages += write.queued();
-                lines.extend(write.journal);
-                match kind {
-                    Kind::Events => report.events += 1,
-                    Kind::Wakes => report.woken += 1,
-                    Kind::Fires => report.fired += 1,
+            for wave in waves(&due) {
+                for write in visit_all(&mut tx, shell, &wave, &paused, now).await? {
+                    report.messages += write.queued();
+                    lines.extend(write.journal);
+                    match kind {
+                        Kind::Events => report.events += 1,
+                        Kind::Wakes => report.woken += 1,
+                        Kind::Fires => report.fired += 1,
+                    }
                 }
             }
             crate::crash_point::crash_point("in_step");
@@ -158,20 +158,60 @@ pub async fn tick<S: JourneyStore>(
     Ok(report)
 }
 
-/// Loads one customer for one piece of work, plans it and writes the result.
-async fn visit<T: JourneyTx>(
+/// The batch split so that no customer appears twice in one wave, each customer's work kept
+/// in order: a customer's second piece of work is loaded after the first is written.
+fn waves(due: &[Due]) -> Vec<Vec<&Due>> {
+    let mut waves: Vec<Vec<&Due>> = Vec::new();
+    let mut seen: std::collections::HashMap<&CustomerId, usize> = std::collections::HashMap::new();
+    for item in due {
+        let n = seen.entry(item.customer()).or_insert(0);
+        if waves.len() <= *n {
+            waves.push(Vec::new());
+        }
+        waves[*n].push(item);
+        *n += 1;
+    }
+    waves
+}
+
+/// Loads the customers of one wave together, plans each piece of work, and writes the
+/// results together.
+async fn visit_all<T: JourneyTx + Send>(
     tx: &mut T,
     shell: &Shell,
-    id: &CustomerId,
-    work: Work<'_>,
+    wave: &[&Due],
     paused: &BTreeSet<String>,
     now: Timestamp,
-) -> Result<super::CustomerWrite, Error> {
-    let spec = shell.load_spec(&work, now);
-    let state = tx.load_customer(id, &spec).await?;
-    let write = super::plan(shell, id, state, work, paused, now);
-    tx.write_customer(&write, now).await?;
-    Ok(write)
+) -> Result<Vec<super::CustomerWrite>, Error> {
+    let works: Vec<(&CustomerId, Work<'_>)> =
+        wave.iter().map(|d| (d.customer(), d.work())).collect();
+    plan_all(tx, shell, &works, paused, now).await
+}
+
+/// Loads, plans and writes `works`, each customer at most once.
+async fn plan_all<T: JourneyTx + Send>(
+    tx: &mut T,
+    shell: &Shell,
+    works: &[(&CustomerId, Work<'_>)],
+    paused: &BTreeSet<String>,
+    now: Timestamp,
+) -> Result<Vec<super::CustomerWrite>, Error> {
+    let Some(spec) = works
+        .iter()
+        .map(|(_, work)| shell.load_spec(work, now))
+        .reduce(super::LoadSpec::union)
+    else {
+        return Ok(Vec::new());
+    };
+    let ids: Vec<CustomerId> = works.iter().map(|(id, _)| (*id).clone()).collect();
+    let states = tx.load_customers(&ids, &spec).await?;
+    let writes: Vec<super::CustomerWrite> = works
+        .iter()
+        .zip(states)
+        .map(|((id, work), state)| super::plan(shell, id, state, *work, paused, now))
+        .collect();
+    tx.write_customers(&writes, now).await?;
+    Ok(writes)
 }
 
 /// Recomputes every customer's segments at `now`, firing segment triggers for each
@@ -208,8 +248,8 @@ pub async fn sweep<S: JourneyStore>(
         let mut tx = store.begin().await?;
         let mut report = TickReport::default();
         let mut lines = Vec::new();
-        for id in &ids {
-            let write = visit(&mut tx, shell, id, Work::Sweep, &paused, now).await?;
+        let works: Vec<(&CustomerId, Work<'_>)> = ids.iter().map(|id| (id, Work::Sweep)).collect();
+        for write in plan_all(&mut tx, shell, &works, &paused, now).await? {
             if !write.joined.is_empty() || !write.left.is_empty() {
                 changed += 1;
             }
@@ -220,4 +260,45 @@ pub async fn sweep<S: JourneyStore>(
         sink.commit(&report, lines);
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: i64, customer: &str) -> Due {
+        Due::Event(crate::store::StoredEvent {
+            seq,
+            customer_id: CustomerId::parse(customer.to_owned()).unwrap(),
+            event: crate::model::Event {
+                id: None,
+                name: "signup".into(),
+                timestamp: Timestamp::UNIX_EPOCH,
+                properties: Default::default(),
+            },
+        })
+    }
+
+    #[test]
+    fn a_customer_appears_once_a_wave_with_their_work_in_order() {
+        let due = [
+            event(1, "a"),
+            event(2, "b"),
+            event(3, "a"),
+            event(4, "a"),
+            event(5, "c"),
+        ];
+        let seqs: Vec<Vec<i64>> = waves(&due)
+            .iter()
+            .map(|wave| {
+                wave.iter()
+                    .map(|d| match d {
+                        Due::Event(e) => e.seq,
+                        _ => unreachable!(),
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(seqs, [vec![1, 2, 5], vec![3], vec![4]]);
+    }
 }

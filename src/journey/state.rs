@@ -23,6 +23,26 @@ pub struct LoadSpec {
     pub enrollments: bool,
 }
 
+impl LoadSpec {
+    /// A spec that reads at least what either reads: for a batch of work read together.
+    pub fn union(self, other: LoadSpec) -> LoadSpec {
+        let earliest = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        LoadSpec {
+            // `None` is "all history": it wins.
+            history_since: self
+                .history_since
+                .zip(other.history_since)
+                .map(|(a, b)| a.min(b)),
+            sends_since: earliest(self.sends_since, other.sends_since),
+            fired_since: earliest(self.fired_since, other.fired_since),
+            enrollments: self.enrollments || other.enrollments,
+        }
+    }
+}
+
 /// Everything the shell may consult about one customer, read from one snapshot.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CustomerState {

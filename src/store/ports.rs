@@ -67,6 +67,42 @@ pub trait JourneyTx {
         write: &CustomerWrite,
         now: Timestamp,
     ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// [`JourneyTx::load_customer`] for several customers, each at most once, in `ids`'
+    /// order, with one `spec` for all (see [`LoadSpec::union`]). Stores override it to read
+    /// the batch in a fixed number of queries.
+    fn load_customers(
+        &mut self,
+        ids: &[CustomerId],
+        spec: &LoadSpec,
+    ) -> impl Future<Output = Result<Vec<CustomerState>, Error>> + Send
+    where
+        Self: Send,
+    {
+        async move {
+            let mut states = Vec::with_capacity(ids.len());
+            for id in ids {
+                states.push(self.load_customer(id, spec).await?);
+            }
+            Ok(states)
+        }
+    }
+    /// [`JourneyTx::write_customer`] for several customers, each at most once, in order.
+    /// Stores override it to write the batch in a fixed number of statements.
+    fn write_customers(
+        &mut self,
+        writes: &[CustomerWrite],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), Error>> + Send
+    where
+        Self: Send,
+    {
+        async move {
+            for write in writes {
+                self.write_customer(write, now).await?;
+            }
+            Ok(())
+        }
+    }
     /// Commits.
     fn commit(self) -> impl Future<Output = Result<(), Error>> + Send;
     /// Ends a transaction that wrote nothing.

@@ -78,17 +78,19 @@ fn message(key: &str, status: MessageStatus, cap_at: Option<&str>) -> NewMessage
     }
 }
 
+/// Writes through the batch call the drive uses (a wave of one).
 async fn write<S: JourneyStore>(store: &S, w: CustomerWrite, now: &str) {
     let mut tx = store.begin().await.unwrap();
-    tx.write_customer(&w, at(now)).await.unwrap();
+    tx.write_customers(&[w], at(now)).await.unwrap();
     tx.commit().await.unwrap();
 }
 
+/// Loads through the batch call the drive uses (a wave of one).
 async fn load<S: JourneyStore>(store: &S, spec: &LoadSpec) -> CustomerState {
     let mut tx = store.begin().await.unwrap();
-    let state = tx.load_customer(&ada(), spec).await.unwrap();
+    let mut states = tx.load_customers(&[ada()], spec).await.unwrap();
     tx.end_unwritten().await.unwrap();
-    state
+    states.pop().unwrap()
 }
 
 async fn events_arrive_in_order_once_per_id_and_leave_when_processed<S: JourneyStore + Stage>(
@@ -231,12 +233,12 @@ async fn enrollments_load_active_in_entry_order_and_one_active_per_workflow<
     // A second active enrollment in the same workflow is refused and the batch writes nothing.
     let mut tx = store.begin().await.unwrap();
     let refused = tx
-        .write_customer(
-            &CustomerWrite {
+        .write_customers(
+            &[CustomerWrite {
                 id: Some(ada()),
                 enrollments: vec![old],
                 ..CustomerWrite::default()
-            },
+            }],
             at("2026-03-02T11:00:00Z"),
         )
         .await;
@@ -413,8 +415,94 @@ async fn a_transaction_dropped_unfinished_writes_nothing<S: JourneyStore + Stage
     );
 }
 
+async fn a_wave_loads_and_writes_as_its_customers_one_by_one<S: JourneyStore + Stage>(
+    store: &S,
+    name: &str,
+) {
+    let bob: Customer = serde_json::from_value(serde_json::json!({
+        "id": "bob", "email": "bob@example.com", "consent": {"email": true}
+    }))
+    .unwrap();
+    let bob_id = bob.id.clone();
+    store
+        .put_customer(&ada_profile(), at("2026-03-02T08:00:00Z"))
+        .await
+        .unwrap();
+    store
+        .put_customer(&bob, at("2026-03-02T08:00:00Z"))
+        .await
+        .unwrap();
+    store
+        .insert_event(
+            &bob_id,
+            &event("signup", None, "2026-03-02T08:00:00Z"),
+            at("2026-03-02T08:00:00Z"),
+        )
+        .await
+        .unwrap();
+    store
+        .suppress(
+            Channel::Email,
+            "bob@example.com",
+            "complaint",
+            at("2026-03-02T08:00:00Z"),
+        )
+        .await
+        .unwrap();
+    let for_ada = CustomerWrite {
+        id: Some(ada()),
+        joined: vec!["buyers".into()],
+        messages: vec![message(
+            "a1",
+            MessageStatus::Pending,
+            Some("2026-03-02T08:30:00Z"),
+        )],
+        ..CustomerWrite::default()
+    };
+    let mut for_bob_message = message("b1", MessageStatus::Pending, Some("2026-03-02T08:40:00Z"));
+    for_bob_message.customer_id = "bob".into();
+    let for_bob = CustomerWrite {
+        id: Some(bob_id.clone()),
+        messages: vec![for_bob_message],
+        processed: Some(1),
+        fires: vec![FireWrite::Schedule {
+            workflow_id: "weekly_newsletter".into(),
+            at: Some(at("2026-03-09T09:00:00Z")),
+        }],
+        ..CustomerWrite::default()
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.write_customers(&[for_ada, for_bob], at("2026-03-02T09:00:00Z"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let ids = [bob_id.clone(), ada()];
+    let mut tx = store.begin().await.unwrap();
+    let together = tx.load_customers(&ids, &everything()).await.unwrap();
+    let mut alone = Vec::new();
+    for id in &ids {
+        alone.push(tx.load_customer(id, &everything()).await.unwrap());
+    }
+    tx.end_unwritten().await.unwrap();
+    assert_eq!(together, alone, "{name}");
+    assert_eq!(
+        together[0].customer.as_ref().map(|c| c.id.clone()),
+        Some(bob_id),
+        "{name}: in the order asked"
+    );
+    assert_eq!(together[0].cap_sends.len(), 1, "{name}");
+    assert_eq!(together[0].suppressed.len(), 1, "{name}");
+    assert_eq!(together[1].segments.len(), 1, "{name}");
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(at("2026-03-09T09:00:00Z")),
+        "{name}"
+    );
+}
+
 #[tokio::test]
 async fn every_store_answers_the_journey_port_alike() {
+    on_every_store!(a_wave_loads_and_writes_as_its_customers_one_by_one);
     on_every_store!(events_arrive_in_order_once_per_id_and_leave_when_processed);
     on_every_store!(a_key_is_written_once_unless_its_row_is_held);
     on_every_store!(enrollments_load_active_in_entry_order_and_one_active_per_workflow);

@@ -640,6 +640,22 @@ impl crate::store::JourneyTx for Tx {
         Tx::write_customer(self, write, now).await
     }
 
+    async fn load_customers(
+        &mut self,
+        ids: &[CustomerId],
+        spec: &LoadSpec,
+    ) -> Result<Vec<CustomerState>, Error> {
+        Tx::load_customers(self, ids, spec).await
+    }
+
+    async fn write_customers(
+        &mut self,
+        writes: &[CustomerWrite],
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        Tx::write_customers(self, writes, now).await
+    }
+
     async fn commit(self) -> Result<(), Error> {
         Tx::commit(self).await
     }

@@ -33,6 +33,7 @@ use crate::model::{Channel, Customer, CustomerId, Event, EventId};
 mod housekeeping;
 mod ingest;
 mod journey;
+mod journey_batch;
 mod outbox;
 mod read_models;
 
