@@ -112,7 +112,13 @@ impl Store {
         if crate::crash_point::fail_point("record_outcomes") {
             return Err(Error::Busy("recording outcomes (a test's fail point)"));
         }
-        let mut tx = self.begin().await?;
+        // Five multi-row statements whatever the group's size: the attempts, then each kind
+        // of outcome's update, then the addresses refused.
+        let mut attempts = Vec::with_capacity(outcomes.len());
+        let mut sent = Vec::new();
+        let mut retried = Vec::new();
+        let mut failed = Vec::new();
+        let mut refused = Vec::new();
         for (key, attempt, outcome) in outcomes {
             let (label, detail) = match outcome {
                 AttemptOutcome::Sent { provider_id } => ("sent", provider_id.clone()),
@@ -121,58 +127,89 @@ impl Store {
                     ("failed", Some(reason.clone()))
                 }
             };
-            sqlx::query("INSERT OR REPLACE INTO attempts (message_key, attempt, at, outcome, detail) VALUES (?, ?, ?, ?, ?)")
-                .bind(key)
-                .bind(attempt)
-                .bind(millis(now))
-                .bind(label)
-                .bind(&detail)
-                .execute(&mut *tx.tx)
-                .await
-                .map_err(query("recording an attempt"))?;
-            let update = match outcome {
-                AttemptOutcome::Sent { provider_id } => sqlx::query(
-                    "UPDATE messages SET status = 'sent', attempts = ?2, provider_id = ?3, sent_at = ?4, updated_at = ?4, last_error = NULL WHERE key = ?1",
-                )
-                .bind(key)
-                .bind(attempt)
-                .bind(provider_id)
-                .bind(millis(now)),
-                AttemptOutcome::Retry { next_attempt_at, reason } => sqlx::query(
-                    "UPDATE messages SET status = 'pending', attempts = ?2, next_attempt_at = ?3, last_error = ?4, updated_at = ?5 WHERE key = ?1 AND status = 'sending'",
-                )
-                .bind(key)
-                .bind(attempt)
-                .bind(millis(*next_attempt_at))
-                .bind(reason)
-                .bind(millis(now)),
-                AttemptOutcome::Failed { reason } | AttemptOutcome::Refused { reason } => sqlx::query(
-                    "UPDATE messages SET status = 'failed', attempts = ?2, last_error = ?3, updated_at = ?4 WHERE key = ?1",
-                )
-                .bind(key)
-                .bind(attempt)
-                .bind(reason)
-                .bind(millis(now)),
-            };
-            update
-                .execute(&mut *tx.tx)
-                .await
-                .map_err(query("updating a message"))?;
-            if let AttemptOutcome::Refused { reason } = outcome {
-                // The address is refused for good: nothing, not even a transactional
-                // message, goes to it again (claims check suppressions).
-                sqlx::query(
-                    "INSERT OR IGNORE INTO suppressions (channel, address, reason, at)
-                     SELECT channel, lower(json_extract(payload, '$.to')), ?2, ?3
-                     FROM messages WHERE key = ?1 AND json_extract(payload, '$.to') IS NOT NULL",
-                )
-                .bind(key)
-                .bind(format!("refused by the provider: {reason}"))
-                .bind(millis(now))
-                .execute(&mut *tx.tx)
-                .await
-                .map_err(query("suppressing a refused address"))?;
+            attempts.push(serde_json::json!([key, attempt, label, detail]));
+            match outcome {
+                AttemptOutcome::Sent { provider_id } => {
+                    sent.push(serde_json::json!([key, attempt, provider_id]));
+                }
+                AttemptOutcome::Retry {
+                    next_attempt_at,
+                    reason,
+                } => retried.push(serde_json::json!([
+                    key,
+                    attempt,
+                    millis(*next_attempt_at),
+                    reason
+                ])),
+                AttemptOutcome::Failed { reason } => {
+                    failed.push(serde_json::json!([key, attempt, reason]));
+                }
+                AttemptOutcome::Refused { reason } => {
+                    failed.push(serde_json::json!([key, attempt, reason]));
+                    refused.push(serde_json::json!([
+                        key,
+                        format!("refused by the provider: {reason}")
+                    ]));
+                }
             }
+        }
+        let mut tx = self.begin().await?;
+        let now_ms = millis(now);
+        for (rows, sql, what) in [
+            (
+                &attempts,
+                "INSERT OR REPLACE INTO attempts (message_key, attempt, at, outcome, detail)
+                 SELECT value ->> '$[0]', value ->> '$[1]', ?2, value ->> '$[2]', value ->> '$[3]'
+                 FROM json_each(?1)",
+                "recording attempts",
+            ),
+            (
+                &sent,
+                "UPDATE messages SET status = 'sent', attempts = u.attempt, provider_id = u.provider_id,
+                   sent_at = ?2, updated_at = ?2, last_error = NULL
+                 FROM (SELECT value ->> '$[0]' AS key, value ->> '$[1]' AS attempt,
+                              value ->> '$[2]' AS provider_id FROM json_each(?1)) AS u
+                 WHERE messages.key = u.key",
+                "recording sent messages",
+            ),
+            (
+                &retried,
+                "UPDATE messages SET status = 'pending', attempts = u.attempt, next_attempt_at = u.next,
+                   last_error = u.reason, updated_at = ?2
+                 FROM (SELECT value ->> '$[0]' AS key, value ->> '$[1]' AS attempt,
+                              value ->> '$[2]' AS next, value ->> '$[3]' AS reason FROM json_each(?1)) AS u
+                 WHERE messages.key = u.key AND messages.status = 'sending'",
+                "recording retries",
+            ),
+            (
+                &failed,
+                "UPDATE messages SET status = 'failed', attempts = u.attempt, last_error = u.reason,
+                   updated_at = ?2
+                 FROM (SELECT value ->> '$[0]' AS key, value ->> '$[1]' AS attempt,
+                              value ->> '$[2]' AS reason FROM json_each(?1)) AS u
+                 WHERE messages.key = u.key",
+                "recording failed messages",
+            ),
+            // The address is refused for good: nothing, not even a transactional message, goes
+            // to it again (claims check suppressions).
+            (
+                &refused,
+                "INSERT OR IGNORE INTO suppressions (channel, address, reason, at)
+                 SELECT m.channel, lower(json_extract(m.payload, '$.to')), r.value ->> '$[1]', ?2
+                 FROM json_each(?1) r JOIN messages m ON m.key = r.value ->> '$[0]'
+                 WHERE json_extract(m.payload, '$.to') IS NOT NULL",
+                "suppressing refused addresses",
+            ),
+        ] {
+            if rows.is_empty() {
+                continue;
+            }
+            sqlx::query(sql)
+                .bind(serde_json::to_string(rows).expect("JSON values always serialize"))
+                .bind(now_ms)
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(query(what))?;
         }
         tx.commit().await
     }
