@@ -58,20 +58,11 @@ pub(super) fn apply(
                 channel,
                 reason,
             } => {
-                let new = NewMessage {
-                    key: key.to_string(),
-                    enrollment_id: enrollment.id.clone(),
-                    workflow_id: workflow.id.to_string(),
-                    node: node.to_string(),
-                    customer_id: working.customer.id.to_string(),
-                    template: None,
-                    status: MessageStatus::Suppressed,
-                    payload: Payload::None,
-                    note: Some(format!("{channel}: {reason}")),
-                    transactional: workflow.category == Category::Transactional,
-                    cap: None,
-                };
-                working.write.messages.push(new);
+                let mut row = record_row(workflow, enrollment, &working.customer, key, node);
+                row.status = MessageStatus::Suppressed;
+                row.note = Some(format!("{channel}: {reason}"));
+                row.transactional = workflow.category == Category::Transactional;
+                working.write.messages.push(row);
             }
             Effect::CallWebhook(call) => {
                 let new = render_webhook(shell, workflow, enrollment, &working.customer, call);
@@ -105,25 +96,40 @@ pub(super) fn apply(
                 reason,
             } => {
                 // Recorded as a `held` message; the send that follows the hold replaces it.
-                working.write.messages.push(NewMessage {
-                    key: key.to_string(),
-                    enrollment_id: enrollment.id.clone(),
-                    workflow_id: workflow.id.to_string(),
-                    node: node.to_string(),
-                    customer_id: working.customer.id.to_string(),
-                    template: None,
-                    status: MessageStatus::Held,
-                    payload: Payload::None,
-                    note: Some(format!("{channel}: {reason} until {until}")),
-                    transactional: false,
-                    cap: None,
-                });
+                let mut row = record_row(workflow, enrollment, &working.customer, key, node);
+                row.status = MessageStatus::Held;
+                row.note = Some(format!("{channel}: {reason} until {until}"));
+                working.write.messages.push(row);
             }
             Effect::WakeAt { .. } | Effect::Exit(_) => {}
         }
     }
     working.write.enrollments.push(enrollment.clone());
     cap_marks
+}
+
+/// An outbox row that records a decision and delivers nothing (a hold, a suppression); the
+/// caller sets its status and note.
+fn record_row(
+    workflow: &Workflow,
+    enrollment: &Enrollment,
+    customer: &Customer,
+    key: &crate::model::IdempotencyKey,
+    node: &crate::model::NodeId,
+) -> NewMessage {
+    NewMessage {
+        key: key.to_string(),
+        enrollment_id: enrollment.id.clone(),
+        workflow_id: workflow.id.to_string(),
+        node: node.to_string(),
+        customer_id: customer.id.to_string(),
+        template: None,
+        status: MessageStatus::Suppressed,
+        payload: Payload::None,
+        note: None,
+        transactional: false,
+        cap: None,
+    }
 }
 
 fn context(

@@ -122,6 +122,19 @@ fn signup(seq: i64, when: Timestamp) -> StoredEvent {
     }
 }
 
+/// Plans the signup with sequence number `seq` at `now` for `state`, no workflow paused.
+fn signed_up(shell: &Shell, state: CustomerState, seq: i64, now: Timestamp) -> CustomerWrite {
+    let event = signup(seq, now);
+    plan(
+        shell,
+        &ada(),
+        state,
+        Work::Event(&event),
+        &BTreeSet::new(),
+        now,
+    )
+}
+
 fn statuses(write: &CustomerWrite) -> Vec<(String, MessageStatus)> {
     write
         .messages
@@ -134,15 +147,7 @@ fn statuses(write: &CustomerWrite) -> Vec<(String, MessageStatus)> {
 fn a_signup_enrolls_sends_the_welcome_and_marks_the_event_processed() {
     let shell = shell(&[WELCOME], SendPolicy::default());
     let now = at("2026-03-02T10:00:00Z");
-    let event = signup(7, now);
-    let write = plan(
-        &shell,
-        &ada(),
-        known("ada@example.test"),
-        Work::Event(&event),
-        &BTreeSet::new(),
-        now,
-    );
+    let write = signed_up(&shell, known("ada@example.test"), 7, now);
     assert_eq!(write.processed, Some(7));
     assert_eq!(
         statuses(&write),
@@ -226,15 +231,7 @@ fn a_second_workflow_in_the_same_visit_sees_the_first_ones_send_against_the_cap(
     };
     let shell = shell(&[WELCOME, PROMO], policy);
     let now = at("2026-03-02T10:00:00Z");
-    let event = signup(1, now);
-    let write = plan(
-        &shell,
-        &ada(),
-        known("ada@example.test"),
-        Work::Event(&event),
-        &BTreeSet::new(),
-        now,
-    );
+    let write = signed_up(&shell, known("ada@example.test"), 1, now);
     // Workflows are taken in id order: promo first, then welcome, which the cap stops.
     assert_eq!(
         statuses(&write),
@@ -248,14 +245,7 @@ fn a_second_workflow_in_the_same_visit_sees_the_first_ones_send_against_the_cap(
     state
         .cap_sends
         .push((Channel::Email, at("2026-03-02T09:00:00Z")));
-    let write = plan(
-        &shell,
-        &ada(),
-        state,
-        Work::Event(&event),
-        &BTreeSet::new(),
-        now,
-    );
+    let write = signed_up(&shell, state, 1, now);
     assert!(
         write
             .messages
