@@ -18,15 +18,16 @@ use crate::journey::{self, Catalog, Links, Shell, Sink, TickReport};
 use crate::model::{Channel, Customer, CustomerId, Event};
 use crate::store::{self, JourneyStore, MemoryStore};
 use crate::template::Templates;
-use crate::workflow::Workflow;
+use crate::workflow::{SegmentDef, Workflow};
 
 pub use crate::journey::{Line, PREVIEW_UNSUBSCRIBE_LINK, render_json, render_text};
 pub use crate::journey::{SEGMENT_ENTERED, SEGMENT_EXITED};
 
 /// How long the simulation runs after the last event when no `until` is given.
 pub const DEFAULT_HORIZON_DAYS: i64 = 30;
-/// A bound on simulated moments, so a schedule firing every minute cannot run away.
-const MAX_MOMENTS: usize = 100_000;
+/// A bound on simulated moments, so a schedule firing every minute cannot run away (a year
+/// of five-minute sweeps is 105,120 moments).
+const MAX_MOMENTS: usize = 250_000;
 /// Work items per simulated transaction.
 const BATCH: u32 = 200;
 /// The attribution window, as `serve`'s default.
@@ -42,6 +43,13 @@ pub struct Options {
     /// Quiet hours, caps, default time zone (none by default here; the CLI applies the
     /// same defaults as `serve`).
     pub policy: SendPolicy,
+    /// Segment definitions, computed as `serve` computes them: on each event and by a sweep
+    /// every `segment_refresh`. Segments not defined here are scripted with
+    /// `$segment_entered` / `$segment_exited` events.
+    pub segments: Vec<SegmentDef>,
+    /// How often the sweep runs (`serve`'s `TRELLIS_SEGMENT_REFRESH`); `None`: only at the
+    /// start.
+    pub segment_refresh: Option<std::time::Duration>,
 }
 
 /// Why a simulation could not run.
@@ -185,13 +193,19 @@ pub fn bounds(
     Ok((start, until))
 }
 
-/// The shell the simulator plans with: the one workflow, preview links, the journal on.
-pub fn shell(workflow: &Workflow, templates: Arc<Templates>, policy: SendPolicy) -> Shell {
+/// The shell the simulator plans with: the one workflow and the segments, preview links,
+/// the journal on.
+pub fn shell(
+    workflow: &Workflow,
+    templates: Arc<Templates>,
+    policy: SendPolicy,
+    segments: Vec<SegmentDef>,
+) -> Shell {
     Shell {
         catalog: Arc::new(Catalog::from_parts(
             vec![workflow.clone()],
             Vec::new(),
-            Vec::new(),
+            segments,
         )),
         templates,
         links: Links::Preview,
@@ -202,8 +216,9 @@ pub fn shell(workflow: &Workflow, templates: Arc<Templates>, policy: SendPolicy)
 }
 
 /// Plays `events` for `customer` on `stage` from `start` to `until` with `shell`, as `serve`
-/// would with its clock at each moment something is due: the events of that moment stored,
-/// a scheduler tick, a delivery round. Returns the journal.
+/// would with its clock at each moment something is due: a sweep when one is due (at the
+/// start, then every `refresh` when the catalog has segments), the events of that moment
+/// stored, a scheduler tick, a delivery round. Returns the journal.
 ///
 /// # Errors
 /// A store error.
@@ -213,7 +228,12 @@ pub async fn timeline<S: Stage>(
     customer: Customer,
     mut events: Vec<Event>,
     (start, until): (Timestamp, Timestamp),
+    refresh: Option<std::time::Duration>,
 ) -> Result<Vec<Line>, store::Error> {
+    let refresh = refresh
+        .filter(|_| !shell.catalog.segments().is_empty())
+        .and_then(|r| jiff::SignedDuration::try_from(r).ok())
+        .filter(jiff::SignedDuration::is_positive);
     events.sort_by_key(|e| e.timestamp);
     let id = customer.id.clone();
     stage.put_customer(&customer, start).await?;
@@ -229,16 +249,30 @@ pub async fn timeline<S: Stage>(
         .into_iter()
         .filter(|e| e.timestamp >= start)
         .peekable();
+    let mut next_sweep = refresh.and_then(|r| start.checked_add(r).ok());
     for _ in 0..MAX_MOMENTS {
         let next_event = events.peek().map(|e| e.timestamp);
         let next_due = stage.next_due().await?;
         // At equal times events go first, as in `serve`: an order at the very second a wait
         // times out still counts as arriving in time.
-        let Some(now) = [next_event, next_due].into_iter().flatten().min() else {
+        let Some(now) = [next_event, next_due, next_sweep]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
             break;
         };
         if now > until {
             break;
+        }
+        if next_sweep == Some(now) {
+            // As `scheduler::run`: the sweep first, then the tick.
+            let mut sink = Sink {
+                committed: &nothing,
+                journal: Some(&mut journal),
+            };
+            journey::drive::sweep(stage, shell, now, &mut sink).await?;
+            next_sweep = refresh.and_then(|r| now.checked_add(r).ok());
         }
         while let Some(event) = events.next_if(|e| e.timestamp == now) {
             stage.insert_event(&id, &event, now).await?;
@@ -265,13 +299,14 @@ pub fn run(
     options: Options,
 ) -> Result<Vec<Line>, SimulateError> {
     let bounds = bounds(&events, &options)?;
-    let shell = shell(workflow, templates, options.policy);
+    let shell = shell(workflow, templates, options.policy, options.segments);
     let lines = ready(timeline(
         &MemoryStore::default(),
         &shell,
         customer,
         events,
         bounds,
+        options.segment_refresh,
     ))
     .expect("the memory store refuses nothing the shell plans");
     Ok(lines)

@@ -37,6 +37,14 @@ pub struct Args {
     /// Quiet hours, caps, default time zone: the same settings `serve` takes.
     #[command(flatten)]
     pub policy: crate::config::PolicyArgs,
+    /// How often segments are recomputed for conditions that become true with time alone,
+    /// as `serve`'s `TRELLIS_SEGMENT_REFRESH`.
+    #[arg(long, default_value = "5m", env = "TRELLIS_SEGMENT_REFRESH")]
+    pub segment_refresh: crate::workflow::Duration,
+    /// Ignore the segments defined in `segments.yaml` beside the workflow: every segment is
+    /// then scripted with `$segment_entered` / `$segment_exited` events.
+    #[arg(long)]
+    pub script_segments: bool,
 }
 
 fn read_customer(path: &Path) -> anyhow::Result<Customer> {
@@ -61,8 +69,12 @@ fn read_events(path: &Path) -> anyhow::Result<Vec<Event>> {
 /// Validates the workflow, then prints its timeline.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let checked = check_paths(&[args.workflow.as_path()], &args.templates);
-    let (mut workflows, templates, problems) =
-        (checked.workflows, checked.templates, checked.problems);
+    let (mut workflows, templates, problems, segments) = (
+        checked.workflows,
+        checked.templates,
+        checked.problems,
+        checked.segments,
+    );
     if !problems.is_empty() {
         let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
         bail!(
@@ -80,6 +92,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         start: args.start,
         until: args.until,
         policy: args.policy.to_policy().map_err(anyhow::Error::msg)?,
+        segments: if args.script_segments {
+            Vec::new()
+        } else {
+            segments
+        },
+        segment_refresh: Some(args.segment_refresh.as_signed().unsigned_abs()),
     };
     let lines = simulate::run(
         &workflow,

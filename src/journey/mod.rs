@@ -311,7 +311,14 @@ impl Working {
         now: Timestamp,
     ) {
         self.write.processed = Some(stored.seq);
-        if let Some(transitions) = scripted_segment(shell, &stored.event, &self.state.segments) {
+        if let Some(segment) = defined_yet_scripted(shell, &stored.event) {
+            let reason = format!(
+                "segment {segment} is defined, so it is computed, not scripted (simulate --script-segments scripts it)"
+            );
+            self.skip(shell, now, &reason);
+            return;
+        }
+        if let Some(transitions) = scripted_segment(&stored.event, &self.state.segments) {
             for segment in &transitions.0 {
                 self.state.segments.insert(segment.clone());
             }
@@ -384,11 +391,10 @@ impl Working {
     }
 }
 
-/// The transition a scripted segment event makes, `(entered, exited)`: only for a segment
-/// the catalog does not define (a defined one is computed), and only if it changes
-/// membership. `None` for any other event.
+/// The transition a scripted segment event makes, `(entered, exited)`, empty unless it
+/// changes membership; `None` for any other event. Called for segments the catalog does not
+/// define (a defined one is computed: see `defined_yet_scripted`).
 fn scripted_segment(
-    shell: &Shell,
     event: &Event,
     segments: &BTreeSet<String>,
 ) -> Option<(Vec<String>, Vec<String>)> {
@@ -398,14 +404,25 @@ fn scripted_segment(
         _ => return None,
     };
     let segment = event.property("segment")?.as_str()?.to_owned();
-    if shell.catalog.segments().iter().any(|s| s.id == segment) {
-        return None;
-    }
     Some(match (entered, segments.contains(&segment)) {
         (true, false) => (vec![segment], Vec::new()),
         (false, true) => (Vec::new(), vec![segment]),
         _ => (Vec::new(), Vec::new()),
     })
+}
+
+/// The segment a scripted segment event names, when the catalog defines it.
+fn defined_yet_scripted<'e>(shell: &Shell, event: &'e Event) -> Option<&'e str> {
+    if event.name != SEGMENT_ENTERED && event.name != SEGMENT_EXITED {
+        return None;
+    }
+    let segment = event.property("segment")?.as_str()?;
+    shell
+        .catalog
+        .segments()
+        .iter()
+        .any(|s| s.id == segment)
+        .then_some(segment)
 }
 
 /// The channels a customer has an address for, with the address: what the store reads the

@@ -99,20 +99,33 @@ async fn played_on_the_runtime(
         app: spawn_app(&[]).await,
     };
     let store = &runtime.app.service.scheduler.store;
-    let catalog = Catalog::register(store, vec![workflow.clone()], Vec::new(), bounds.0)
-        .await
-        .expect("the workflow registers");
+    let catalog = Catalog::register(
+        store,
+        vec![workflow.clone()],
+        options.segments.clone(),
+        bounds.0,
+    )
+    .await
+    .expect("the workflow registers");
     let shell = Shell {
         catalog: Arc::new(catalog),
         ..simulate::shell(
             workflow,
             Arc::new(crate::helpers::templates()),
             options.policy.clone(),
+            options.segments.clone(),
         )
     };
-    simulate::timeline(&runtime, &shell, customer, events, bounds)
-        .await
-        .expect("the runtime plays the script")
+    simulate::timeline(
+        &runtime,
+        &shell,
+        customer,
+        events,
+        bounds,
+        options.segment_refresh,
+    )
+    .await
+    .expect("the runtime plays the script")
 }
 
 /// The simulator's timeline, after checking that the runtime plays the same one.

@@ -449,6 +449,7 @@ fn a_zone_less_birthday_fires_at_09_00_in_the_default_zone_as_the_runtime_does()
             start: Some(at("2026-06-01T00:00:00Z")),
             until: Some(at("2026-06-09T00:00:00Z")),
             policy,
+            ..Options::default()
         },
     )
     .iter()
@@ -457,4 +458,58 @@ fn a_zone_less_birthday_fires_at_09_00_in_the_default_zone_as_the_runtime_does()
     .collect();
     // 09:00 in Tokyo (UTC+9) is 00:00 UTC.
     assert_eq!(sends, ["2026-06-08T00:00:00Z"]);
+}
+
+/// The segments defined beside the shipped workflows.
+fn shipped_segments() -> Vec<trellis::workflow::SegmentDef> {
+    let (segments, problems) =
+        trellis::workflow::load_segments(&crate::helpers::root().join("workflows"));
+    assert!(problems.is_empty(), "{problems:?}");
+    segments
+}
+
+#[test]
+fn winback_starts_when_the_sweep_finds_the_customer_at_risk_computed_from_segments_yaml() {
+    // One order, then nothing: `at_risk` (a buyer with no order in 60 days) becomes true with
+    // time alone, so the daily sweep finds it, as `serve`'s would; no scripted segment event.
+    let berlin = r#"{"id": "grace", "email": "grace@example.com", "timezone": "Europe/Berlin",
+        "consent": {"email": true}}"#;
+    let t = timeline(
+        &example("winback"),
+        customer(berlin),
+        events("2026-04-01T12:00:00Z order_completed value=40"),
+        Options {
+            until: Some(at("2026-06-10T00:00:00Z")),
+            segments: shipped_segments(),
+            segment_refresh: Some(std::time::Duration::from_secs(86_400)),
+            ..Options::default()
+        },
+    );
+    // The sweep of 1 June 12:00 UTC is the first with the order more than 60 days back.
+    insta::assert_snapshot!(t, @r#"
+    2026-06-01T12:00:00Z  enter      next_weekday_morning
+    2026-06-01T12:00:00Z  wait       next_weekday_morning until 2026-06-02T08:00:00Z (2026-06-02 10:00 CEST)
+    2026-06-02T08:00:00Z  enter      offer
+    2026-06-02T08:00:00Z  send       offer            email winback_offer to grace@example.com: "We miss you, friend: 20% off this week"
+    2026-06-02T08:00:00Z  enter      done
+    2026-06-02T08:00:00Z  exit       done             completed
+    "#);
+}
+
+#[test]
+fn a_scripted_event_for_a_defined_segment_is_shown_as_skipped_not_applied() {
+    let t = timeline(
+        &example("winback"),
+        customer(ADA),
+        events("2026-06-06T16:00:00Z $segment_entered segment=at_risk"),
+        Options {
+            segments: shipped_segments(),
+            ..Options::default()
+        },
+    );
+    assert!(
+        t.contains("skip") && t.contains("segment at_risk is defined"),
+        "{t}"
+    );
+    assert!(!t.contains("send"), "{t}");
 }
