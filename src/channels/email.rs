@@ -73,8 +73,13 @@ pub fn refuses_the_address(reply: &str) -> bool {
 
 /// Maps a lettre error to what the dispatcher should do.
 pub fn classify(err: &lettre::transport::smtp::Error) -> DeliveryError {
-    let reason = err.to_string();
-    match err.status().map(u16::from) {
+    classify_reply(err.status().map(u16::from), err.to_string())
+}
+
+/// Maps an SMTP reply code (`None`: no reply at all) and its text to what the dispatcher
+/// should do.
+pub fn classify_reply(code: Option<u16>, reason: String) -> DeliveryError {
+    match code {
         Some(code) if reply_is_transient(code) => DeliveryError::transient(reason),
         Some(_) if refuses_the_address(&reason) => DeliveryError::Refused { reason },
         Some(_) => DeliveryError::permanent(reason),

@@ -9,6 +9,7 @@ pub mod retry;
 pub mod sms_kannel;
 pub mod sms_twilio;
 pub mod smtp_pool;
+pub mod smtp_session;
 pub mod webhook;
 
 use std::sync::Arc;

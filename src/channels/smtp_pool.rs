@@ -4,7 +4,8 @@
 //! a message body and its closing `\r\n.\r\n` as two writes, so the second one waits for the
 //! server's delayed ACK: about 40 ms per message on every connection, whatever the server's
 //! speed. This pool opens the TCP connection itself, sets `TCP_NODELAY`, and hands the socket
-//! to lettre's connection (EHLO, STARTTLS, AUTH, the SMTP dialogue).
+//! to lettre's connection (EHLO, STARTTLS, AUTH); each message is one
+//! [`smtp_session::send`], pipelined when the server offers it.
 //!
 //! Implicit TLS (`smtps://`) stays on lettre's transport: there the TLS handshake must come
 //! before the greeting, which lettre does only on sockets it opens.
@@ -19,8 +20,11 @@ use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use tokio::net::TcpStream;
 
-use super::DeliveryError;
 use super::email::classify;
+use super::{DeliveryError, smtp_session};
+
+/// How long a connection being closed after a failure may take to answer its `QUIT`.
+const GOODBYE: Duration = Duration::from_secs(1);
 
 /// Connections idle longer than this are checked with `NOOP` before reuse; servers drop
 /// idle clients after a while and a dead socket should not cost a retry.
@@ -66,10 +70,17 @@ pub enum Refusal {
     Failed(DeliveryError),
 }
 
+/// An open, logged-in connection.
+struct Session {
+    conn: AsyncSmtpConnection,
+    /// The server offers `PIPELINING` (RFC 2920) on it.
+    pipelining: bool,
+}
+
 /// Open connections kept for reuse; at most `max_idle` of them.
 pub struct NodelayPool {
     target: SmtpTarget,
-    idle: std::sync::Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    idle: std::sync::Mutex<Vec<(Session, Instant)>>,
     max_idle: usize,
 }
 
@@ -83,64 +94,71 @@ impl NodelayPool {
         }
     }
 
-    /// Sends one message over a pooled or new connection and returns the server's reply
-    /// text. A connection that fails is closed, never returned to the pool.
+    /// Sends one message over a pooled or new connection, pipelined when the server offers
+    /// it ([`smtp_session::send`]), and returns the server's reply text. A connection that
+    /// fails is closed, never returned to the pool.
     ///
     /// # Errors
-    /// Transient for connection problems, timeouts and 4xx replies; permanent for 5xx.
+    /// Transient for connection problems, timeouts and 4xx replies; permanent for 5xx;
+    /// refused for a 5xx about the recipient's address.
     pub async fn send(&self, message: &Message) -> Result<Vec<String>, DeliveryError> {
         let envelope = message.envelope().clone();
         let body = message.formatted();
-        let mut conn = self.checkout().await?;
-        let sent = tokio::time::timeout(self.target.timeout, conn.send(&envelope, &body)).await;
+        let mut session = self.checkout().await?;
+        let sent = tokio::time::timeout(
+            self.target.timeout,
+            smtp_session::send(&mut session.conn, session.pipelining, &envelope, &body),
+        )
+        .await;
         match sent {
             Ok(Ok(response)) => {
-                self.checkin(conn);
+                self.checkin(session);
                 Ok(response.message().map(str::to_owned).collect())
             }
-            Ok(Err(e)) => {
-                conn.abort().await;
-                Err(classify(&e))
+            Ok(Err(failure)) => {
+                if !failure.in_data {
+                    say_goodbye(session.conn).await;
+                }
+                // Else dropped: the socket closes without a QUIT the server would take as data.
+                Err(failure.error)
             }
-            Err(_) => {
-                conn.abort().await;
-                Err(DeliveryError::transient(format!(
-                    "the SMTP server did not answer within {:?}",
-                    self.target.timeout
-                )))
-            }
+            // Dropped: a server that does not answer would not answer a QUIT either.
+            Err(_) => Err(DeliveryError::transient(format!(
+                "the SMTP server did not answer within {:?}",
+                self.target.timeout
+            ))),
         }
     }
 
-    async fn checkout(&self) -> Result<AsyncSmtpConnection, DeliveryError> {
+    async fn checkout(&self) -> Result<Session, DeliveryError> {
         loop {
             let taken = self.idle.lock().map(|mut idle| idle.pop()).ok().flatten();
-            let Some((mut conn, since)) = taken else {
+            let Some((mut session, since)) = taken else {
                 return self.connect().await;
             };
-            if conn.has_broken() {
+            if session.conn.has_broken() {
                 continue;
             }
-            if since.elapsed() < CHECK_AFTER_IDLE || conn.test_connected().await {
-                return Ok(conn);
+            if since.elapsed() < CHECK_AFTER_IDLE || session.conn.test_connected().await {
+                return Ok(session);
             }
-            conn.abort().await;
+            session.conn.abort().await;
         }
     }
 
-    fn checkin(&self, conn: AsyncSmtpConnection) {
-        if conn.has_broken() {
+    fn checkin(&self, session: Session) {
+        if session.conn.has_broken() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.max_idle
         {
-            idle.push((conn, Instant::now()));
+            idle.push((session, Instant::now()));
         }
         // A full pool drops the connection; the server sees the socket close.
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, DeliveryError> {
+    async fn connect(&self) -> Result<Session, DeliveryError> {
         self.connect_checked()
             .await
             .map_err(|refusal| match refusal {
@@ -159,12 +177,12 @@ impl NodelayPool {
     /// # Errors
     /// [`Refusal::Misconfigured`] or [`Refusal::Failed`].
     pub async fn probe(&self) -> Result<(), Refusal> {
-        let mut conn = self.connect_checked().await?;
-        let _ = conn.quit().await;
+        let mut session = self.connect_checked().await?;
+        let _ = session.conn.quit().await;
         Ok(())
     }
 
-    async fn connect_checked(&self) -> Result<AsyncSmtpConnection, Refusal> {
+    async fn connect_checked(&self) -> Result<Session, Refusal> {
         let target = &self.target;
         let what = format!("connecting to {}:{}", target.host, target.port);
         // Nothing said while connecting is about one recipient: never suppress for it.
@@ -202,6 +220,10 @@ impl NodelayPool {
                     )));
                 }
             }
+            // Before AUTH: this EHLO resets the session.
+            let pipelining = smtp_session::offers_pipelining(&mut conn, &target.hello)
+                .await
+                .map_err(|e| failed(classify(&e)))?;
             if let Some(credentials) = &target.credentials {
                 let usable: Vec<Mechanism> = MECHANISMS
                     .into_iter()
@@ -228,7 +250,7 @@ impl NodelayPool {
                     });
                 }
             }
-            Ok(conn)
+            Ok(Session { conn, pipelining })
         };
         tokio::time::timeout(target.timeout, connecting)
             .await
@@ -239,4 +261,10 @@ impl NodelayPool {
                 ))))
             })
     }
+}
+
+/// Closes a connection after a failure: `QUIT` if the server still answers within
+/// [`GOODBYE`], then the socket.
+async fn say_goodbye(mut conn: AsyncSmtpConnection) {
+    let _ = tokio::time::timeout(GOODBYE, conn.abort()).await;
 }

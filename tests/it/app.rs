@@ -310,6 +310,21 @@ impl SmtpSink {
     pub fn drop_after_next_data(&self) {
         std::fs::write(self.dir.path().join("DROP_ONCE"), "").unwrap();
     }
+
+    /// From now on, EHLO does not offer PIPELINING (it does by default).
+    pub fn without_pipelining(&self) {
+        std::fs::write(self.dir.path().join("NO_PIPELINING"), "").unwrap();
+    }
+
+    /// For each RCPT received, in order: `"pipelined"` when the client had already sent
+    /// DATA before the RCPT was answered, else `"waited"`.
+    pub fn rcpt_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("RCPT_LOG"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 impl Drop for SmtpSink {

@@ -163,6 +163,70 @@ async fn a_550_for_one_address_fails_it_at_once_and_suppresses_it_from_then_on()
     );
 }
 
+#[tokio::test]
+async fn a_pipelining_server_gets_one_group_per_message_and_a_refused_rcpt_still_suppresses() {
+    let smtp = SmtpSink::start();
+    let app = spawn_app(&["--smtp-url", &smtp.url()]).await;
+    smtp.reject(&["gone@example.com"]);
+    sign_up(&app, &["ada", "gone", "bea"]).await;
+    let (_, first) = app.settle().await;
+    assert_eq!(
+        (first.sent, first.failed, first.retried),
+        (2, 1, 0),
+        "{first:?}"
+    );
+    assert_eq!(
+        smtp.rcpt_log(),
+        ["pipelined"; 3],
+        "every RCPT arrived with its DATA behind it, before the server answered"
+    );
+    let (_, gone) = app.call("GET", "/v1/customers/gone", None).await;
+    let last_error = gone["messages"][0]["last_error"].as_str().unwrap();
+    assert!(last_error.contains("(550): 5.1.1"), "{gone}");
+    app.call(
+        "PATCH",
+        "/v1/customers/gone",
+        Some(json!({"attributes": {"plan": "pro"}})),
+    )
+    .await;
+    app.advance(SignedDuration::from_hours(49));
+    app.settle().await;
+    let (_, gone) = app.call("GET", "/v1/customers/gone", None).await;
+    let statuses: Vec<&Value> = gone["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["status"])
+        .collect();
+    assert_eq!(
+        statuses,
+        [&json!("suppressed"), &json!("failed")],
+        "newest first: {gone}"
+    );
+    assert!(
+        smtp.messages()
+            .iter()
+            .all(|m| !m.contains("To: gone@example.com")),
+        "nothing reached the refused address"
+    );
+}
+
+#[tokio::test]
+async fn a_server_without_pipelining_gets_one_command_at_a_time() {
+    let smtp = SmtpSink::start();
+    smtp.without_pipelining();
+    let app = spawn_app(&["--smtp-url", &smtp.url()]).await;
+    sign_up(&app, &["ada", "bea"]).await;
+    let (_, first) = app.settle().await;
+    assert_eq!(
+        (first.sent, first.failed, first.retried),
+        (2, 0, 0),
+        "{first:?}"
+    );
+    assert_eq!(smtp.rcpt_log(), ["waited"; 2]);
+    assert_eq!(smtp.message_ids().len(), 2);
+}
+
 /// Calls received per customer id, and a switch that makes `/hooks/slow` fast.
 #[derive(Default)]
 struct Hooks {

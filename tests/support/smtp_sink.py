@@ -5,7 +5,11 @@ Stores each accepted message as <dir>/<n>.eml. Control files in <dir>:
   "451 4.3.0 Try again later" when it is empty (write "421 4.3.2 Closing" for a 421);
 - REJECT: addresses, one a line, refused at RCPT with "550 5.1.1 no such user";
 - DROP_ONCE: the next message is stored and the connection dropped before the reply (the
-  RFC 1047 window: the client cannot know it was accepted); the file is then removed.
+  RFC 1047 window: the client cannot know it was accepted); the file is then removed;
+- NO_PIPELINING: while it exists, EHLO does not offer PIPELINING (RFC 2920), which it
+  otherwise does, as postfix does.
+Each RCPT appends a line to <dir>/RCPT_LOG: "pipelined" when the client had already sent
+the command after it (DATA) before this RCPT was answered, else "waited".
 Prints "ready <port>" once listening.
 
 Usage: python3 smtp_sink.py DIR
@@ -35,7 +39,18 @@ class Sink:
         except FileNotFoundError:
             return None
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        # The 5-argument hook replaces aiosmtpd's reply, and must note the name itself.
+        session.host_name = hostname
+        if self.control("NO_PIPELINING") is None:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        # What the client sent after this RCPT and before its reply, still unread.
+        ahead = bytes(server._reader._buffer).upper()
+        with self.lock, open(os.path.join(self.folder, "RCPT_LOG"), "a") as log:
+            log.write("pipelined\n" if b"DATA" in ahead else "waited\n")
         refused = self.control("REJECT")
         if refused is not None and address.lower() in refused.lower().split():
             return f"550 5.1.1 <{address}>: no such user"
