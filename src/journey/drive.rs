@@ -14,6 +14,9 @@ use crate::workflow::Trigger;
 /// Rounds of due wake-ups in one tick; more waits for the next tick, so zero-length waits
 /// cannot hold a tick forever.
 const MAX_ROUNDS: usize = 64;
+/// Rounds in a row that may write nothing (every customer changed while planned) before a
+/// tick leaves the rest for the next one.
+const MAX_UNWRITTEN_ROUNDS: usize = 3;
 /// Customers per transaction in a sweep.
 const SWEEP_BATCH: u32 = 500;
 
@@ -110,6 +113,7 @@ pub async fn tick<S: JourneyStore>(
         } else {
             MAX_ROUNDS
         };
+        let mut unwritten_rounds = 0;
         for _ in 0..rounds {
             let mut tx = store.begin().await?;
             let due: Vec<Due> = match kind {
@@ -132,13 +136,31 @@ pub async fn tick<S: JourneyStore>(
                     .map(Due::Fire)
                     .collect(),
             };
+            // The due work is read under the write lock only for that moment; the customers
+            // are loaded and planned outside it, and each wave's write is fenced.
+            tx.end_unwritten().await?;
             if due.is_empty() {
-                tx.end_unwritten().await?;
                 break;
             }
-            let mut lines = Vec::new();
+            let mut written = 0;
+            let mut conflicted: BTreeSet<CustomerId> = BTreeSet::new();
             for wave in waves(&due) {
-                for write in visit_all(&mut tx, shell, &wave, &paused, now).await? {
+                // A customer whose earlier work was not written keeps the rest for the next
+                // round, so their work stays in order.
+                let wave: Vec<&Due> = wave
+                    .into_iter()
+                    .filter(|d| !conflicted.contains(d.customer()))
+                    .collect();
+                let works: Vec<(&CustomerId, Work<'_>)> =
+                    wave.iter().map(|d| (d.customer(), d.work())).collect();
+                let (writes, skipped) = plan_all(store, shell, &works, &paused, now).await?;
+                conflicted.extend(skipped);
+                let mut lines = Vec::new();
+                for write in writes {
+                    if write.id.as_ref().is_some_and(|id| conflicted.contains(id)) {
+                        continue;
+                    }
+                    written += 1;
                     report.messages += write.queued();
                     lines.extend(write.journal);
                     match kind {
@@ -147,11 +169,18 @@ pub async fn tick<S: JourneyStore>(
                         Kind::Fires => report.fired += 1,
                     }
                 }
+                sink.commit(&report, lines);
             }
-            crate::crash_point::crash_point("in_step");
-            tx.commit().await?;
-            crate::crash_point::crash_point("after_step_commit");
-            sink.commit(&report, lines);
+            if written == 0 {
+                // Every customer changed while planned: planned again at once, but a batch
+                // that keeps changing waits for the next tick rather than spin.
+                unwritten_rounds += 1;
+                if unwritten_rounds >= MAX_UNWRITTEN_ROUNDS {
+                    break;
+                }
+            } else {
+                unwritten_rounds = 0;
+            }
         }
     }
     report.next_wake = store.next_due().await?;
@@ -174,44 +203,36 @@ fn waves(due: &[Due]) -> Vec<Vec<&Due>> {
     waves
 }
 
-/// Loads the customers of one wave together, plans each piece of work, and writes the
-/// results together.
-async fn visit_all<T: JourneyTx + Send>(
-    tx: &mut T,
-    shell: &Shell,
-    wave: &[&Due],
-    paused: &BTreeSet<String>,
-    now: Timestamp,
-) -> Result<Vec<super::CustomerWrite>, Error> {
-    let works: Vec<(&CustomerId, Work<'_>)> =
-        wave.iter().map(|d| (d.customer(), d.work())).collect();
-    plan_all(tx, shell, &works, paused, now).await
-}
-
-/// Loads, plans and writes `works`, each customer at most once.
-async fn plan_all<T: JourneyTx + Send>(
-    tx: &mut T,
+/// Loads `works`' customers together outside the write lock (each at most once), plans each
+/// piece of work, and writes the results in one fenced transaction. Returns the writes and
+/// the customers skipped because their profile changed meanwhile.
+async fn plan_all<S: JourneyStore>(
+    store: &S,
     shell: &Shell,
     works: &[(&CustomerId, Work<'_>)],
     paused: &BTreeSet<String>,
     now: Timestamp,
-) -> Result<Vec<super::CustomerWrite>, Error> {
+) -> Result<(Vec<super::CustomerWrite>, Vec<CustomerId>), Error> {
     let Some(spec) = works
         .iter()
         .map(|(_, work)| shell.load_spec(work, now))
         .reduce(super::LoadSpec::union)
     else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
     let ids: Vec<CustomerId> = works.iter().map(|(id, _)| (*id).clone()).collect();
-    let states = tx.load_customers(&ids, &spec).await?;
+    let states = store.load_customers(&ids, &spec).await?;
     let writes: Vec<super::CustomerWrite> = works
         .iter()
         .zip(states)
         .map(|((id, work), state)| super::plan(shell, id, state, *work, paused, now))
         .collect();
-    tx.write_customers(&writes, now).await?;
-    Ok(writes)
+    let mut tx = store.begin().await?;
+    let conflicted = tx.write_customers(&writes, now).await?;
+    crate::crash_point::crash_point("in_step");
+    tx.commit().await?;
+    crate::crash_point::crash_point("after_step_commit");
+    Ok((writes, conflicted))
 }
 
 /// Recomputes every customer's segments at `now`, firing segment triggers for each
@@ -245,18 +266,21 @@ pub async fn sweep<S: JourneyStore>(
             .await?;
         let Some(last) = ids.last() else { break };
         after = Some(last.to_string());
-        let mut tx = store.begin().await?;
         let mut report = TickReport::default();
         let mut lines = Vec::new();
         let works: Vec<(&CustomerId, Work<'_>)> = ids.iter().map(|id| (id, Work::Sweep)).collect();
-        for write in plan_all(&mut tx, shell, &works, &paused, now).await? {
+        // A customer skipped because they changed meanwhile is swept at the next sweep.
+        let (writes, skipped) = plan_all(store, shell, &works, &paused, now).await?;
+        for write in writes {
+            if write.id.as_ref().is_some_and(|id| skipped.contains(id)) {
+                continue;
+            }
             if !write.joined.is_empty() || !write.left.is_empty() {
                 changed += 1;
             }
             report.messages += write.queued();
             lines.extend(write.journal);
         }
-        tx.commit().await?;
         sink.commit(&report, lines);
     }
     Ok(changed)

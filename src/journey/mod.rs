@@ -133,6 +133,7 @@ impl Working {
             .iter()
             .map(|e| e.workflow_id.to_string())
             .collect();
+        let version = state.version;
         Self {
             state,
             customer,
@@ -140,6 +141,7 @@ impl Working {
             active_in,
             write: CustomerWrite {
                 id: Some(id.clone()),
+                version,
                 ..CustomerWrite::default()
             },
         }

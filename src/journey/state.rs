@@ -48,6 +48,9 @@ impl LoadSpec {
 pub struct CustomerState {
     /// The profile; `None` for a customer known only by an event.
     pub customer: Option<Customer>,
+    /// The profile's version when loaded (bumped by every change to it); `None` when the
+    /// customer has no row.
+    pub version: Option<i64>,
     /// The customer's events since [`LoadSpec::history_since`], oldest first.
     pub history: Vec<Event>,
     /// The active enrollments, oldest first.
@@ -117,6 +120,9 @@ pub enum FireWrite {
 pub struct CustomerWrite {
     /// The customer.
     pub id: Option<CustomerId>,
+    /// The version the plan was made on: the store writes nothing for this customer if the
+    /// profile has changed since (it is planned again from the new state).
+    pub version: Option<i64>,
     /// The profile, when a step changed it.
     pub profile: Option<Customer>,
     /// Segments entered.

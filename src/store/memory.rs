@@ -45,6 +45,8 @@ pub struct StoredConversion {
 #[derive(Debug, Clone, Default)]
 struct Tables {
     customers: BTreeMap<CustomerId, Customer>,
+    /// As `customers.version`: 0 when the row is made, one more at each profile change.
+    versions: BTreeMap<CustomerId, i64>,
     events: Vec<(StoredEvent, bool)>,
     event_ids: BTreeSet<String>,
     /// The last sequence number handed out. As with SQLite's `AUTOINCREMENT`, a refused
@@ -71,9 +73,9 @@ impl MemoryStore {
     /// Stores an event, creating a minimal customer if needed; a resent id is a duplicate.
     pub fn insert_event(&self, customer_id: &CustomerId, event: &Event) -> Inserted {
         self.with(|t| {
-            t.customers
-                .entry(customer_id.clone())
-                .or_insert_with(|| Customer::minimal(customer_id.clone()));
+            if !t.customers.contains_key(customer_id) {
+                t.put(Customer::minimal(customer_id.clone()));
+            }
             t.last_seq += 1;
             if let Some(id) = &event.id
                 && !t.event_ids.insert(id.as_str().to_owned())
@@ -95,9 +97,7 @@ impl MemoryStore {
 
     /// Creates or replaces a customer's profile.
     pub fn put_customer(&self, customer: &Customer) {
-        self.with(|t| {
-            t.customers.insert(customer.id.clone(), customer.clone());
-        });
+        self.with(|t| t.put(customer.clone()));
     }
 
     /// Suppresses an address on a channel.
@@ -162,6 +162,16 @@ impl MemoryStore {
 }
 
 impl Tables {
+    /// Creates (version 0) or replaces (one more) a profile.
+    fn put(&mut self, customer: Customer) {
+        let version = match self.versions.get(&customer.id) {
+            Some(v) if self.customers.contains_key(&customer.id) => v + 1,
+            _ => 0,
+        };
+        self.versions.insert(customer.id.clone(), version);
+        self.customers.insert(customer.id.clone(), customer);
+    }
+
     fn segments_of(&self, id: &CustomerId) -> BTreeSet<String> {
         self.members
             .iter()
@@ -177,6 +187,9 @@ impl Tables {
 
     fn load(&self, id: &CustomerId, spec: &LoadSpec) -> CustomerState {
         let customer = self.customers.get(id).cloned();
+        let version = customer
+            .as_ref()
+            .and_then(|_| self.versions.get(id).copied());
         let mut history: Vec<&StoredEvent> = self
             .events
             .iter()
@@ -243,6 +256,7 @@ impl Tables {
             }
         }
         state.customer = customer;
+        state.version = version;
         state
     }
 
@@ -267,7 +281,7 @@ impl Tables {
             self.fire(id, fire, now);
         }
         if let Some(profile) = &w.profile {
-            self.customers.insert(id.clone(), profile.clone());
+            self.put(profile.clone());
         }
         if let Some(seq) = w.processed
             && let Some((_, processed)) = self.events.iter_mut().find(|(e, _)| e.seq == seq)
@@ -429,6 +443,14 @@ impl JourneyStore for MemoryStore {
         }))
     }
 
+    async fn load_customers(
+        &self,
+        ids: &[CustomerId],
+        spec: &LoadSpec,
+    ) -> Result<Vec<CustomerState>, Error> {
+        Ok(self.with(|t| ids.iter().map(|id| t.load(id, spec)).collect()))
+    }
+
     async fn customer_ids_after(
         &self,
         after: Option<&str>,
@@ -504,6 +526,29 @@ impl JourneyTx for MemoryTx {
 
     async fn write_customer(&mut self, write: &CustomerWrite, now: Timestamp) -> Result<(), Error> {
         self.tables.write(write, now)
+    }
+
+    async fn write_customers(
+        &mut self,
+        writes: &[CustomerWrite],
+        now: Timestamp,
+    ) -> Result<Vec<CustomerId>, Error> {
+        let mut conflicted = Vec::new();
+        for write in writes {
+            let Some(id) = &write.id else { continue };
+            let current = self
+                .tables
+                .customers
+                .contains_key(id)
+                .then(|| self.tables.versions.get(id).copied())
+                .flatten();
+            if current == write.version {
+                self.tables.write(write, now)?;
+            } else {
+                conflicted.push(id.clone());
+            }
+        }
+        Ok(conflicted)
     }
 
     async fn commit(self) -> Result<(), Error> {

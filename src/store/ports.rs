@@ -26,6 +26,14 @@ pub trait JourneyStore: Send + Sync {
     fn paused(&self) -> impl Future<Output = Result<BTreeSet<String>, Error>> + Send;
     /// The earliest wake-up or trigger occurrence still to come, if any.
     fn next_due(&self) -> impl Future<Output = Result<Option<Timestamp>, Error>> + Send;
+    /// [`JourneyTx::load_customers`] outside any write transaction, from one consistent
+    /// snapshot, so the shell plans while others write; the write that follows is fenced by
+    /// the versions loaded.
+    fn load_customers(
+        &self,
+        ids: &[CustomerId],
+        spec: &LoadSpec,
+    ) -> impl Future<Output = Result<Vec<CustomerState>, Error>> + Send;
     /// Up to `limit` customer ids after `after`, in id order: the sweep's pages.
     fn customer_ids_after(
         &self,
@@ -86,23 +94,14 @@ pub trait JourneyTx {
             Ok(states)
         }
     }
-    /// [`JourneyTx::write_customer`] for several customers, each at most once, in order.
-    /// Stores override it to write the batch in a fixed number of statements.
+    /// [`JourneyTx::write_customer`] for several customers, each at most once, in order,
+    /// fenced: a write whose [`CustomerWrite::version`] is not the customer's version now is
+    /// skipped whole. Returns the customers skipped, to be planned again.
     fn write_customers(
         &mut self,
         writes: &[CustomerWrite],
         now: Timestamp,
-    ) -> impl Future<Output = Result<(), Error>> + Send
-    where
-        Self: Send,
-    {
-        async move {
-            for write in writes {
-                self.write_customer(write, now).await?;
-            }
-            Ok(())
-        }
-    }
+    ) -> impl Future<Output = Result<Vec<CustomerId>, Error>> + Send;
     /// Commits.
     fn commit(self) -> impl Future<Output = Result<(), Error>> + Send;
     /// Ends a transaction that wrote nothing.

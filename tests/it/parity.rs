@@ -35,6 +35,14 @@ impl JourneyStore for Runtime {
         self.app.service.scheduler.store.next_due().await
     }
 
+    async fn load_customers(
+        &self,
+        ids: &[CustomerId],
+        spec: &trellis::journey::LoadSpec,
+    ) -> Result<Vec<trellis::journey::CustomerState>, store::Error> {
+        JourneyStore::load_customers(&self.app.service.scheduler.store, ids, spec).await
+    }
+
     async fn customer_ids_after(
         &self,
         after: Option<&str>,

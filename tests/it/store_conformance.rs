@@ -78,10 +78,16 @@ fn message(key: &str, status: MessageStatus, cap_at: Option<&str>) -> NewMessage
     }
 }
 
-/// Writes through the batch call the drive uses (a wave of one).
-async fn write<S: JourneyStore>(store: &S, w: CustomerWrite, now: &str) {
+/// Writes through the batch call the drive uses (a wave of one), planned on the customer's
+/// version now.
+async fn write<S: JourneyStore>(store: &S, mut w: CustomerWrite, now: &str) {
+    w.version = load(store, &everything()).await.version;
     let mut tx = store.begin().await.unwrap();
-    tx.write_customers(&[w], at(now)).await.unwrap();
+    let skipped = tx.write_customers(&[w], at(now)).await.unwrap();
+    assert!(
+        skipped.is_empty(),
+        "planned on the version now, nothing is skipped"
+    );
     tx.commit().await.unwrap();
 }
 
@@ -231,11 +237,13 @@ async fn enrollments_load_active_in_entry_order_and_one_active_per_workflow<
         "{name}"
     );
     // A second active enrollment in the same workflow is refused and the batch writes nothing.
+    let version = load(store, &everything()).await.version;
     let mut tx = store.begin().await.unwrap();
     let refused = tx
         .write_customers(
             &[CustomerWrite {
                 id: Some(ada()),
+                version,
                 enrollments: vec![old],
                 ..CustomerWrite::default()
             }],
@@ -451,6 +459,7 @@ async fn a_wave_loads_and_writes_as_its_customers_one_by_one<S: JourneyStore + S
         .unwrap();
     let for_ada = CustomerWrite {
         id: Some(ada()),
+        version: Some(0),
         joined: vec!["buyers".into()],
         messages: vec![message(
             "a1",
@@ -463,6 +472,7 @@ async fn a_wave_loads_and_writes_as_its_customers_one_by_one<S: JourneyStore + S
     for_bob_message.customer_id = "bob".into();
     let for_bob = CustomerWrite {
         id: Some(bob_id.clone()),
+        version: Some(0),
         messages: vec![for_bob_message],
         processed: Some(1),
         fires: vec![FireWrite::Schedule {
@@ -500,8 +510,80 @@ async fn a_wave_loads_and_writes_as_its_customers_one_by_one<S: JourneyStore + S
     );
 }
 
+async fn a_write_planned_on_an_old_version_is_skipped_whole<S: JourneyStore + Stage>(
+    store: &S,
+    name: &str,
+) {
+    store
+        .put_customer(&ada_profile(), at("2026-03-02T08:00:00Z"))
+        .await
+        .unwrap();
+    let loaded = store
+        .load_customers(&[ada()], &everything())
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(loaded.version, Some(0), "{name}: a new row is version 0");
+    // The profile changes between the load and the write (an opt-out through the API).
+    let mut opted_out = ada_profile();
+    opted_out.consent.email = false;
+    store
+        .put_customer(&opted_out, at("2026-03-02T08:00:01Z"))
+        .await
+        .unwrap();
+    let planned = CustomerWrite {
+        id: Some(ada()),
+        version: loaded.version,
+        messages: vec![message(
+            "m",
+            MessageStatus::Pending,
+            Some("2026-03-02T08:00:02Z"),
+        )],
+        profile: Some(ada_profile()),
+        ..CustomerWrite::default()
+    };
+    let mut tx = store.begin().await.unwrap();
+    let skipped = tx
+        .write_customers(std::slice::from_ref(&planned), at("2026-03-02T08:00:02Z"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(skipped, [ada()], "{name}");
+    let now = load(store, &everything()).await;
+    assert_eq!(now.version, Some(1), "{name}: one change, one version");
+    assert!(
+        now.cap_sends.is_empty(),
+        "{name}: nothing of the stale plan was written"
+    );
+    assert_eq!(
+        now.customer.map(|c| c.consent.email),
+        Some(false),
+        "{name}: the opt-out stands"
+    );
+    // Planned again on the version now, it is written.
+    let mut tx = store.begin().await.unwrap();
+    let again = CustomerWrite {
+        version: Some(1),
+        ..planned
+    };
+    assert!(
+        tx.write_customers(&[again], at("2026-03-02T08:00:03Z"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "{name}"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(
+        load(store, &everything()).await.cap_sends.len(),
+        1,
+        "{name}"
+    );
+}
+
 #[tokio::test]
 async fn every_store_answers_the_journey_port_alike() {
+    on_every_store!(a_write_planned_on_an_old_version_is_skipped_whole);
     on_every_store!(a_wave_loads_and_writes_as_its_customers_one_by_one);
     on_every_store!(events_arrive_in_order_once_per_id_and_leave_when_processed);
     on_every_store!(a_key_is_written_once_unless_its_row_is_held);
@@ -509,4 +591,106 @@ async fn every_store_answers_the_journey_port_alike() {
     on_every_store!(a_due_occurrence_is_kept_when_rescheduled_and_handled_once);
     on_every_store!(segments_and_suppressions_load_as_written);
     on_every_store!(a_transaction_dropped_unfinished_writes_nothing);
+}
+
+/// A store that, the first time the drive loads customers, changes one of them right after
+/// the load, as an API request landing while the scheduler plans would.
+struct ChangedWhilePlanning<S> {
+    inner: S,
+    change: std::sync::Mutex<Option<Customer>>,
+}
+
+impl<S: JourneyStore + Stage> JourneyStore for ChangedWhilePlanning<&S> {
+    type Tx = S::Tx;
+
+    async fn begin(&self) -> Result<S::Tx, trellis::store::Error> {
+        self.inner.begin().await
+    }
+
+    async fn paused(&self) -> Result<BTreeSet<String>, trellis::store::Error> {
+        self.inner.paused().await
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>, trellis::store::Error> {
+        self.inner.next_due().await
+    }
+
+    async fn load_customers(
+        &self,
+        ids: &[CustomerId],
+        spec: &LoadSpec,
+    ) -> Result<Vec<CustomerState>, trellis::store::Error> {
+        let states = self.inner.load_customers(ids, spec).await?;
+        let change = self.change.lock().unwrap().take();
+        if let Some(customer) = change {
+            self.inner
+                .put_customer(&customer, at("2026-03-02T15:00:00Z"))
+                .await?;
+        }
+        Ok(states)
+    }
+
+    async fn customer_ids_after(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<CustomerId>, trellis::store::Error> {
+        self.inner.customer_ids_after(after, limit).await
+    }
+}
+
+async fn an_opt_out_made_while_the_scheduler_plans_stops_the_send<S: JourneyStore + Stage>(
+    store: &S,
+    name: &str,
+) {
+    let now = at("2026-03-02T15:00:00Z");
+    let ada: Customer = serde_json::from_value(serde_json::json!({
+        "id": "ada", "email": "ada@example.com", "consent": {"email": true}
+    }))
+    .unwrap();
+    store.put_customer(&ada, now).await.unwrap();
+    store
+        .insert_event(&ada.id, &event("signup", None, "2026-03-02T15:00:00Z"), now)
+        .await
+        .unwrap();
+    let mut opted_out = ada.clone();
+    opted_out.consent.email = false;
+    let racing = ChangedWhilePlanning {
+        inner: store,
+        change: std::sync::Mutex::new(Some(opted_out)),
+    };
+    let workflow = crate::helpers::example("welcome_series");
+    let shell = trellis::simulate::shell(
+        &workflow,
+        std::sync::Arc::new(crate::helpers::templates()),
+        Default::default(),
+        Vec::new(),
+    );
+    let nothing = |_: &trellis::journey::TickReport| {};
+    let mut sink = trellis::journey::Sink {
+        committed: &nothing,
+        journal: None,
+    };
+    let report = trellis::journey::drive::tick(&racing, &shell, 200, now, &mut sink)
+        .await
+        .unwrap();
+    // Planned on the old profile, the first write was skipped; the next round planned on the
+    // opt-out: the welcome is suppressed, never queued.
+    assert_eq!(
+        (report.events, report.messages),
+        (1, 0),
+        "{name}: {report:?}"
+    );
+    let state = load(store, &everything()).await;
+    assert!(state.cap_sends.is_empty(), "{name}: no send was queued");
+    assert_eq!(
+        state.enrollments.len(),
+        1,
+        "{name}: the customer still entered, once"
+    );
+}
+
+#[tokio::test]
+async fn a_profile_changed_between_load_and_write_is_planned_again() {
+    on_every_store!(an_opt_out_made_while_the_scheduler_plans_stops_the_send);
 }

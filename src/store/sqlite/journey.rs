@@ -432,95 +432,9 @@ impl Tx {
         id: &CustomerId,
         spec: &LoadSpec,
     ) -> Result<CustomerState, Error> {
-        let customer = self.customer(id).await?;
-        let mut state = CustomerState {
-            history: self.history(id, spec.history_since).await?,
-            segments: self.segments_of(id).await?,
-            ..CustomerState::default()
-        };
-        if let Some(since) = spec.sends_since {
-            state.cap_sends = self.recent_sends(id, since).await?;
-        }
-        if spec.enrollments {
-            state.enrollments = self.active_enrollments(id).await?;
-            state.last_entered = self.last_entries(id).await?;
-        }
-        if let Some(since) = spec.fired_since {
-            state.fired = self.fired_since(id, since).await?;
-        }
-        if let Some(customer) = &customer {
-            state.suppressed = self.suppressed_addresses(customer).await?;
-        }
-        state.customer = customer;
-        Ok(state)
-    }
-
-    /// When the customer last entered each workflow.
-    async fn last_entries(
-        &mut self,
-        id: &CustomerId,
-    ) -> Result<BTreeMap<String, Timestamp>, Error> {
-        let rows = sqlx::query(
-            "SELECT workflow_id, MAX(entered_at) FROM enrollments WHERE customer_id = ? GROUP BY workflow_id",
-        )
-        .bind(id.as_str())
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(query("reading past entries"))?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), from_millis(r.get(1))))
-            .collect())
-    }
-
-    /// The trigger occurrences handled for the customer since `since`.
-    async fn fired_since(
-        &mut self,
-        id: &CustomerId,
-        since: Timestamp,
-    ) -> Result<BTreeSet<(String, Timestamp)>, Error> {
-        let rows = sqlx::query(FIRED_SINCE)
-            .bind(id.as_str())
-            .bind(millis(since))
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(query("reading trigger occurrences"))?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), from_millis(r.get(1))))
-            .collect())
-    }
-
-    /// Which of the customer's current addresses are suppressed, with the reason.
-    async fn suppressed_addresses(
-        &mut self,
-        customer: &Customer,
-    ) -> Result<BTreeMap<(Channel, String), String>, Error> {
-        let email = customer.address(Channel::Email);
-        let phone = customer.address(Channel::Sms);
-        if email.is_none() && phone.is_none() {
-            return Ok(BTreeMap::new());
-        }
-        let rows = sqlx::query(
-            "SELECT channel, reason FROM suppressions
-             WHERE (channel = 'email' AND address = lower(?1)) OR (channel = 'sms' AND address = lower(?2))",
-        )
-        .bind(email)
-        .bind(phone)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(query("reading suppressions"))?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                let channel = match r.get::<&str, _>(0) {
-                    "email" => Channel::Email,
-                    _ => Channel::Sms,
-                };
-                let address = customer.address(channel)?.to_owned();
-                Some(((channel, address), r.get(1)))
-            })
-            .collect())
+        let mut states =
+            super::journey_batch::load_wave(&mut self.tx, std::slice::from_ref(id), spec).await?;
+        Ok(states.pop().unwrap_or_default())
     }
 
     /// Writes what the journey shell planned for one customer, in its order.
@@ -570,10 +484,6 @@ impl Tx {
     }
 }
 
-/// A customer's handled occurrences since an instant (index `trigger_fires_by_customer`).
-const FIRED_SINCE: &str =
-    "SELECT workflow_id, occurrence FROM trigger_fires WHERE customer_id = ? AND occurrence >= ?";
-
 impl crate::store::JourneyStore for Store {
     type Tx = Tx;
 
@@ -604,6 +514,14 @@ impl crate::store::JourneyStore for Store {
         limit: u32,
     ) -> Result<Vec<CustomerId>, Error> {
         Store::customer_ids_after(self, after, limit).await
+    }
+
+    async fn load_customers(
+        &self,
+        ids: &[CustomerId],
+        spec: &LoadSpec,
+    ) -> Result<Vec<CustomerState>, Error> {
+        Store::load_customers(self, ids, spec).await
     }
 }
 
@@ -652,7 +570,7 @@ impl crate::store::JourneyTx for Tx {
         &mut self,
         writes: &[CustomerWrite],
         now: Timestamp,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<CustomerId>, Error> {
         Tx::write_customers(self, writes, now).await
     }
 
@@ -688,7 +606,7 @@ mod tests {
         // The primary key starts with the workflow: without its own index this read scanned
         // every occurrence of every broadcast, once per customer a fire visits.
         let (store, _dir) = crate::store::testing::temp_store().await;
-        let plan = plan_of(&store, FIRED_SINCE).await;
+        let plan = plan_of(&store, super::super::journey_batch::WAVE_FIRED).await;
         assert!(plan.contains("trigger_fires_by_customer"), "{plan}");
     }
 }

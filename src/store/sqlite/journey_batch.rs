@@ -23,8 +23,13 @@ fn channel_of(name: &str) -> Channel {
     }
 }
 
+/// A wave's handled occurrences since an instant (index `trigger_fires_by_customer`).
+pub(super) const WAVE_FIRED: &str = "SELECT customer_id, workflow_id, occurrence FROM trigger_fires
+     WHERE customer_id IN (SELECT value FROM json_each(?1)) AND occurrence >= ?2";
+
 impl Tx {
-    /// [`Tx::load_customer`] for a wave of distinct customers, in `ids`' order: eight queries.
+    /// [`Tx::load_customer`] for a wave of distinct customers, in `ids`' order: eight queries,
+    /// inside this transaction.
     ///
     /// # Errors
     /// On a database or decode error.
@@ -33,6 +38,35 @@ impl Tx {
         ids: &[CustomerId],
         spec: &LoadSpec,
     ) -> Result<Vec<CustomerState>, Error> {
+        load_wave(&mut self.tx, ids, spec).await
+    }
+}
+
+impl Store {
+    /// [`Tx::load_customers`] outside the write lock: one read snapshot (a deferred
+    /// transaction that only reads), so the journey shell can plan while others write.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn load_customers(
+        &self,
+        ids: &[CustomerId],
+        spec: &LoadSpec,
+    ) -> Result<Vec<CustomerState>, Error> {
+        let mut snapshot = self.pool.begin().await.map_err(query("beginning a read"))?;
+        let states = load_wave(&mut snapshot, ids, spec).await?;
+        snapshot.commit().await.map_err(query("ending a read"))?;
+        Ok(states)
+    }
+}
+
+/// Loads a wave of distinct customers on `conn`, in `ids`' order: eight queries.
+pub(super) async fn load_wave(
+    conn: &mut sqlx::SqliteConnection,
+    ids: &[CustomerId],
+    spec: &LoadSpec,
+) -> Result<Vec<CustomerState>, Error> {
+    {
         let ids_json = id_array(ids);
         let mut states: HashMap<&str, CustomerState> = ids
             .iter()
@@ -40,10 +74,10 @@ impl Tx {
             .collect();
 
         let rows = sqlx::query(
-            "SELECT id, profile FROM customers WHERE id IN (SELECT value FROM json_each(?1))",
+            "SELECT id, profile, version FROM customers WHERE id IN (SELECT value FROM json_each(?1))",
         )
         .bind(&ids_json)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(&mut *conn)
         .await
         .map_err(query("reading customers"))?;
         for r in &rows {
@@ -51,6 +85,7 @@ impl Tx {
                 serde_json::from_str(r.get::<&str, _>(1)).map_err(decode("a customer profile"))?;
             if let Some(state) = states.get_mut(r.get::<&str, _>(0)) {
                 state.customer = Some(customer);
+                state.version = Some(r.get(2));
             }
         }
 
@@ -61,7 +96,7 @@ impl Tx {
         )
         .bind(&ids_json)
         .bind(spec.history_since.map_or(i64::MIN, millis))
-        .fetch_all(&mut *self.tx)
+        .fetch_all(&mut *conn)
         .await
         .map_err(query("reading event history"))?;
         for r in &rows {
@@ -75,7 +110,7 @@ impl Tx {
              WHERE customer_id IN (SELECT value FROM json_each(?1))",
         )
         .bind(&ids_json)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(&mut *conn)
         .await
         .map_err(query("reading segment membership"))?;
         for r in &rows {
@@ -93,7 +128,7 @@ impl Tx {
             )
             .bind(&ids_json)
             .bind(millis(since))
-            .fetch_all(&mut *self.tx)
+            .fetch_all(&mut *conn)
             .await
             .map_err(query("reading recent sends"))?;
             for r in &rows {
@@ -112,7 +147,7 @@ impl Tx {
                  ORDER BY customer_id, entered_at, id",
             )
             .bind(&ids_json)
-            .fetch_all(&mut *self.tx)
+            .fetch_all(&mut *conn)
             .await
             .map_err(query("reading active enrollments"))?;
             for r in &rows {
@@ -128,7 +163,7 @@ impl Tx {
                  GROUP BY customer_id, workflow_id",
             )
             .bind(&ids_json)
-            .fetch_all(&mut *self.tx)
+            .fetch_all(&mut *conn)
             .await
             .map_err(query("reading past entries"))?;
             for r in &rows {
@@ -139,15 +174,12 @@ impl Tx {
         }
 
         if let Some(since) = spec.fired_since {
-            let rows = sqlx::query(
-                "SELECT customer_id, workflow_id, occurrence FROM trigger_fires
-                 WHERE customer_id IN (SELECT value FROM json_each(?1)) AND occurrence >= ?2",
-            )
-            .bind(&ids_json)
-            .bind(millis(since))
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(query("reading trigger occurrences"))?;
+            let rows = sqlx::query(WAVE_FIRED)
+                .bind(&ids_json)
+                .bind(millis(since))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(query("reading trigger occurrences"))?;
             for r in &rows {
                 if let Some(state) = states.get_mut(r.get::<&str, _>(0)) {
                     state.fired.insert((r.get(1), from_millis(r.get(2))));
@@ -176,7 +208,7 @@ impl Tx {
                                     AND s.address = lower(a.value ->> '$[2]')",
             )
             .bind(Value::from(addresses).to_string())
-            .fetch_all(&mut *self.tx)
+            .fetch_all(&mut *conn)
             .await
             .map_err(query("reading suppressions"))?;
             for r in &rows {
@@ -193,7 +225,9 @@ impl Tx {
             .map(|id| states.remove(id.as_str()).unwrap_or_default())
             .collect())
     }
+}
 
+impl Tx {
     /// [`Tx::write_customer`] for a wave of distinct customers: at most twelve statements,
     /// each skipped when it has no rows.
     ///
@@ -202,6 +236,43 @@ impl Tx {
     pub async fn write_customers(
         &mut self,
         writes: &[CustomerWrite],
+        now: Timestamp,
+    ) -> Result<Vec<CustomerId>, Error> {
+        // The fence: the versions now, against those the plans were made on.
+        let ids: Vec<CustomerId> = writes.iter().filter_map(|w| w.id.clone()).collect();
+        let rows = sqlx::query(
+            "SELECT id, version FROM customers WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(id_array(&ids))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query("reading customer versions"))?;
+        let versions: HashMap<&str, i64> = rows
+            .iter()
+            .map(|r| (r.get::<&str, _>(0), r.get(1)))
+            .collect();
+        let mut conflicted = Vec::new();
+        let writes: Vec<&CustomerWrite> = writes
+            .iter()
+            .filter(|w| {
+                let Some(id) = &w.id else { return false };
+                let current = versions.get(id.as_str()).copied();
+                if current == w.version {
+                    true
+                } else {
+                    conflicted.push(id.clone());
+                    false
+                }
+            })
+            .collect();
+        self.write_planned(&writes, now).await?;
+        Ok(conflicted)
+    }
+
+    /// Writes the planned results, unfenced.
+    async fn write_planned(
+        &mut self,
+        writes: &[&CustomerWrite],
         now: Timestamp,
     ) -> Result<(), Error> {
         let now_ms = millis(now);

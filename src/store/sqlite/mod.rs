@@ -12,7 +12,7 @@
 //! API and import write), `housekeeping` (settings, workflow versions, the sweep, traits) and
 //! `read_models` (what the API shows).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
