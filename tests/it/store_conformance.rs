@@ -35,6 +35,11 @@ fn ada_profile() -> Customer {
     .unwrap()
 }
 
+/// Ada's profile, stored at `when`.
+async fn seed_ada<S: Stage>(store: &S, when: &str) {
+    store.put_customer(&ada_profile(), at(when)).await.unwrap();
+}
+
 fn event(name: &str, id: Option<&str>, when: &str) -> Event {
     Event {
         id: id.map(|id| EventId::parse(id).unwrap()),
@@ -151,10 +156,7 @@ async fn a_key_is_written_once_unless_its_row_is_held<S: JourneyStore + Stage>(
     store: &S,
     name: &str,
 ) {
-    store
-        .put_customer(&ada_profile(), at("2026-03-02T10:00:00Z"))
-        .await
-        .unwrap();
+    seed_ada(store, "2026-03-02T10:00:00Z").await;
     let first = CustomerWrite {
         id: Some(ada()),
         messages: vec![
@@ -263,10 +265,7 @@ async fn a_due_occurrence_is_kept_when_rescheduled_and_handled_once<S: JourneySt
     store: &S,
     name: &str,
 ) {
-    store
-        .put_customer(&ada_profile(), at("2026-03-02T08:00:00Z"))
-        .await
-        .unwrap();
+    seed_ada(store, "2026-03-02T08:00:00Z").await;
     let schedule = |when: &str| FireWrite::Schedule {
         workflow_id: "weekly_newsletter".into(),
         at: Some(at(when)),
@@ -340,10 +339,7 @@ async fn a_due_occurrence_is_kept_when_rescheduled_and_handled_once<S: JourneySt
 }
 
 async fn segments_and_suppressions_load_as_written<S: JourneyStore + Stage>(store: &S, name: &str) {
-    store
-        .put_customer(&ada_profile(), at("2026-03-02T08:00:00Z"))
-        .await
-        .unwrap();
+    seed_ada(store, "2026-03-02T08:00:00Z").await;
     write(
         store,
         CustomerWrite {
@@ -395,10 +391,7 @@ async fn a_transaction_dropped_unfinished_writes_nothing<S: JourneyStore + Stage
     store: &S,
     name: &str,
 ) {
-    store
-        .put_customer(&ada_profile(), at("2026-03-02T08:00:00Z"))
-        .await
-        .unwrap();
+    seed_ada(store, "2026-03-02T08:00:00Z").await;
     let mut tx = store.begin().await.unwrap();
     tx.write_customer(
         &CustomerWrite {
@@ -432,10 +425,7 @@ async fn a_wave_loads_and_writes_as_its_customers_one_by_one<S: JourneyStore + S
     }))
     .unwrap();
     let bob_id = bob.id.clone();
-    store
-        .put_customer(&ada_profile(), at("2026-03-02T08:00:00Z"))
-        .await
-        .unwrap();
+    seed_ada(store, "2026-03-02T08:00:00Z").await;
     store
         .put_customer(&bob, at("2026-03-02T08:00:00Z"))
         .await
@@ -514,10 +504,7 @@ async fn a_write_planned_on_an_old_version_is_skipped_whole<S: JourneyStore + St
     store: &S,
     name: &str,
 ) {
-    store
-        .put_customer(&ada_profile(), at("2026-03-02T08:00:00Z"))
-        .await
-        .unwrap();
+    seed_ada(store, "2026-03-02T08:00:00Z").await;
     let loaded = store
         .load_customers(&[ada()], &everything())
         .await
