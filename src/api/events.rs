@@ -80,10 +80,8 @@ async fn store_events(
 ) -> Result<Vec<Inserted>, ApiError> {
     let now = state.clock.now();
     let mut tx = state.store.begin().await?;
-    let mut results = Vec::with_capacity(events.len());
-    for (customer, event) in events {
-        results.push(tx.insert_event(customer, event, now).await?);
-    }
+    let refs: Vec<(&CustomerId, &Event)> = events.iter().map(|(c, e)| (c, e)).collect();
+    let results = tx.insert_events(&refs, now).await?;
     tx.commit().await?;
     crate::crash_point::crash_point("after_event_insert");
     state.nudge.notify_one();
@@ -176,10 +174,14 @@ async fn write_group(
     group: &[Queued],
 ) -> Result<Vec<Inserted>, crate::store::Error> {
     let mut tx = store.begin().await?;
-    let mut results = Vec::with_capacity(group.len());
-    for q in group {
-        results.push(tx.insert_event(&q.customer, &q.event, q.now).await?);
-    }
+    // One `now` for the group: the last to arrive, so no event is received before it came.
+    let now = group
+        .iter()
+        .map(|q| q.now)
+        .max()
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let refs: Vec<(&CustomerId, &Event)> = group.iter().map(|q| (&q.customer, &q.event)).collect();
+    let results = tx.insert_events(&refs, now).await?;
     tx.commit().await?;
     crate::crash_point::crash_point("after_event_insert");
     Ok(results)

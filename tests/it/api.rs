@@ -675,6 +675,17 @@ async fn a_batch_with_one_bad_event_stores_none_and_names_the_bad_one() {
         (status.as_u16(), body),
         (202, json!({"accepted": 2, "duplicates": 1}))
     );
+    // An id stored by an earlier batch is a duplicate too; events without an id never are.
+    let again = json!([
+        {"id": "e2", "customer_id": "b", "name": "signup"},
+        {"customer_id": "b", "name": "page_view"},
+        {"customer_id": "b", "name": "page_view"}
+    ]);
+    let (status, body) = app.call("POST", "/v1/events/batch", Some(again)).await;
+    assert_eq!(
+        (status.as_u16(), body),
+        (202, json!({"accepted": 2, "duplicates": 1}))
+    );
     let too_many: Vec<_> = (0..1001)
         .map(|i| json!({"customer_id": "a", "name": format!("e{i}")}))
         .collect();

@@ -64,6 +64,92 @@ impl Tx {
         })
     }
 
+    /// [`Tx::insert_event`] for many events, in order, in three statements: minimal profiles
+    /// for unknown customers, the ids already stored, the events. An event whose id was
+    /// stored before, or appears earlier in `events`, is a duplicate (and, as one by one, uses
+    /// up a sequence number).
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn insert_events(
+        &mut self,
+        events: &[(&CustomerId, &Event)],
+        now: Timestamp,
+    ) -> Result<Vec<Inserted>, Error> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now_ms = millis(now);
+        let customers: BTreeSet<&CustomerId> = events.iter().map(|(c, _)| *c).collect();
+        let minimal: Vec<serde_json::Value> = customers
+            .iter()
+            .map(|c| {
+                serde_json::json!([
+                    c.as_str(),
+                    serde_json::to_string(&Customer::minimal((*c).clone()))
+                        .expect("a customer always serializes")
+                ])
+            })
+            .collect();
+        sqlx::query(
+            "INSERT OR IGNORE INTO customers (id, profile, created_at, updated_at)
+             SELECT value ->> '$[0]', value ->> '$[1]', ?2, ?2 FROM json_each(?1)",
+        )
+        .bind(serde_json::Value::from(minimal).to_string())
+        .bind(now_ms)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("creating minimal customers"))?;
+        let ids: Vec<&str> = events
+            .iter()
+            .filter_map(|(_, e)| e.id.as_ref().map(EventId::as_str))
+            .collect();
+        let mut seen: BTreeSet<String> = if ids.is_empty() {
+            BTreeSet::new()
+        } else {
+            sqlx::query_scalar(
+                "SELECT id FROM events WHERE id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(serde_json::Value::from(ids).to_string())
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(query("finding events stored before"))?
+            .into_iter()
+            .collect()
+        };
+        let results = events
+            .iter()
+            .map(|(_, e)| match &e.id {
+                Some(id) if !seen.insert(id.as_str().to_owned()) => Inserted::Duplicate,
+                _ => Inserted::Accepted,
+            })
+            .collect();
+        let rows: Vec<serde_json::Value> = events
+            .iter()
+            .map(|(c, e)| {
+                serde_json::json!([
+                    e.id.as_ref().map(EventId::as_str),
+                    c.as_str(),
+                    e.name,
+                    millis(e.timestamp),
+                    serde_json::to_string(&e.properties).expect("a JSON map always serializes"),
+                ])
+            })
+            .collect();
+        sqlx::query(
+            "INSERT OR IGNORE INTO events (id, customer_id, name, at, properties, received_at)
+             SELECT value ->> '$[0]', value ->> '$[1]', value ->> '$[2]', value ->> '$[3]',
+                    value ->> '$[4]', ?2
+             FROM json_each(?1)",
+        )
+        .bind(serde_json::Value::from(rows).to_string())
+        .bind(now_ms)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("storing events"))?;
+        Ok(results)
+    }
+
     /// Customers whose profile has this phone number (E.164) or email address.
     ///
     /// # Errors
