@@ -516,18 +516,6 @@ impl JourneyTx for MemoryTx {
             .collect())
     }
 
-    async fn load_customer(
-        &mut self,
-        id: &CustomerId,
-        spec: &LoadSpec,
-    ) -> Result<CustomerState, Error> {
-        Ok(self.tables.load(id, spec))
-    }
-
-    async fn write_customer(&mut self, write: &CustomerWrite, now: Timestamp) -> Result<(), Error> {
-        self.tables.write(write, now)
-    }
-
     async fn write_customers(
         &mut self,
         writes: &[CustomerWrite],

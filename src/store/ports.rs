@@ -26,9 +26,9 @@ pub trait JourneyStore: Send + Sync {
     fn paused(&self) -> impl Future<Output = Result<BTreeSet<String>, Error>> + Send;
     /// The earliest wake-up or trigger occurrence still to come, if any.
     fn next_due(&self) -> impl Future<Output = Result<Option<Timestamp>, Error>> + Send;
-    /// [`JourneyTx::load_customers`] outside any write transaction, from one consistent
-    /// snapshot, so the shell plans while others write; the write that follows is fenced by
-    /// the versions loaded.
+    /// What the shell consults about several distinct customers, in `ids`' order, as `spec`
+    /// bounds it: from one consistent snapshot outside any write transaction, so the shell
+    /// plans while others write; the write that follows is fenced by the versions loaded.
     fn load_customers(
         &self,
         ids: &[CustomerId],
@@ -62,40 +62,8 @@ pub trait JourneyTx {
         now: Timestamp,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<DueFire>, Error>> + Send;
-    /// What the shell consults about one customer, as `spec` bounds it; sees this
-    /// transaction's earlier writes.
-    fn load_customer(
-        &mut self,
-        id: &CustomerId,
-        spec: &LoadSpec,
-    ) -> impl Future<Output = Result<CustomerState, Error>> + Send;
-    /// Writes what the shell planned for one customer, in its order.
-    fn write_customer(
-        &mut self,
-        write: &CustomerWrite,
-        now: Timestamp,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
-    /// [`JourneyTx::load_customer`] for several customers, each at most once, in `ids`'
-    /// order, with one `spec` for all (see [`LoadSpec::union`]). Stores override it to read
-    /// the batch in a fixed number of queries.
-    fn load_customers(
-        &mut self,
-        ids: &[CustomerId],
-        spec: &LoadSpec,
-    ) -> impl Future<Output = Result<Vec<CustomerState>, Error>> + Send
-    where
-        Self: Send,
-    {
-        async move {
-            let mut states = Vec::with_capacity(ids.len());
-            for id in ids {
-                states.push(self.load_customer(id, spec).await?);
-            }
-            Ok(states)
-        }
-    }
-    /// [`JourneyTx::write_customer`] for several customers, each at most once, in order,
-    /// fenced: a write whose [`CustomerWrite::version`] is not the customer's version now is
+    /// Writes what the shell planned for several customers, each at most once, in order, in
+    /// a fixed number of statements, fenced: a write whose [`CustomerWrite::version`] is not the customer's version now is
     /// skipped whole. Returns the customers skipped, to be planned again.
     fn write_customers(
         &mut self,

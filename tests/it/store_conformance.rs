@@ -96,12 +96,13 @@ async fn write<S: JourneyStore>(store: &S, mut w: CustomerWrite, now: &str) {
     tx.commit().await.unwrap();
 }
 
-/// Loads through the batch call the drive uses (a wave of one).
+/// Loads Ada through the batch call the drive uses (a wave of one).
 async fn load<S: JourneyStore>(store: &S, spec: &LoadSpec) -> CustomerState {
-    let mut tx = store.begin().await.unwrap();
-    let mut states = tx.load_customers(&[ada()], spec).await.unwrap();
-    tx.end_unwritten().await.unwrap();
-    states.pop().unwrap()
+    store
+        .load_customers(&[ada()], spec)
+        .await
+        .unwrap()
+        .remove(0)
 }
 
 async fn events_arrive_in_order_once_per_id_and_leave_when_processed<S: JourneyStore + Stage>(
@@ -392,10 +393,12 @@ async fn a_transaction_dropped_unfinished_writes_nothing<S: JourneyStore + Stage
     name: &str,
 ) {
     seed_ada(store, "2026-03-02T08:00:00Z").await;
+    let version = load(store, &everything()).await.version;
     let mut tx = store.begin().await.unwrap();
-    tx.write_customer(
-        &CustomerWrite {
+    tx.write_customers(
+        &[CustomerWrite {
             id: Some(ada()),
+            version,
             joined: vec!["buyers".into()],
             messages: vec![message(
                 "k",
@@ -403,7 +406,7 @@ async fn a_transaction_dropped_unfinished_writes_nothing<S: JourneyStore + Stage
                 Some("2026-03-02T08:00:00Z"),
             )],
             ..CustomerWrite::default()
-        },
+        }],
         at("2026-03-02T08:00:00Z"),
     )
     .await
@@ -477,13 +480,16 @@ async fn a_wave_loads_and_writes_as_its_customers_one_by_one<S: JourneyStore + S
         .unwrap();
     tx.commit().await.unwrap();
     let ids = [bob_id.clone(), ada()];
-    let mut tx = store.begin().await.unwrap();
-    let together = tx.load_customers(&ids, &everything()).await.unwrap();
+    let together = store.load_customers(&ids, &everything()).await.unwrap();
     let mut alone = Vec::new();
     for id in &ids {
-        alone.push(tx.load_customer(id, &everything()).await.unwrap());
+        alone.extend(
+            store
+                .load_customers(std::slice::from_ref(id), &everything())
+                .await
+                .unwrap(),
+        );
     }
-    tx.end_unwritten().await.unwrap();
     assert_eq!(together, alone, "{name}");
     assert_eq!(
         together[0].customer.as_ref().map(|c| c.id.clone()),

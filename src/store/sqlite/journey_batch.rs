@@ -27,24 +27,11 @@ fn channel_of(name: &str) -> Channel {
 pub(super) const WAVE_FIRED: &str = "SELECT customer_id, workflow_id, occurrence FROM trigger_fires
      WHERE customer_id IN (SELECT value FROM json_each(?1)) AND occurrence >= ?2";
 
-impl Tx {
-    /// [`Tx::load_customer`] for a wave of distinct customers, in `ids`' order: eight queries,
-    /// inside this transaction.
-    ///
-    /// # Errors
-    /// On a database or decode error.
-    pub async fn load_customers(
-        &mut self,
-        ids: &[CustomerId],
-        spec: &LoadSpec,
-    ) -> Result<Vec<CustomerState>, Error> {
-        load_wave(&mut self.tx, ids, spec).await
-    }
-}
-
 impl Store {
-    /// [`Tx::load_customers`] outside the write lock: one read snapshot (a deferred
-    /// transaction that only reads), so the journey shell can plan while others write.
+    /// What the journey shell consults about a wave of distinct customers, in `ids`' order,
+    /// outside the write lock: one read snapshot (a deferred transaction that only reads), so
+    /// the shell plans while others write; the write that follows is fenced by the versions
+    /// read here.
     ///
     /// # Errors
     /// On a database or decode error.
@@ -228,7 +215,7 @@ pub(super) async fn load_wave(
 }
 
 impl Tx {
-    /// [`Tx::write_customer`] for a wave of distinct customers: at most twelve statements,
+    /// Writes what the journey shell planned for a wave of distinct customers: at most twelve statements,
     /// each skipped when it has no rows.
     ///
     /// # Errors

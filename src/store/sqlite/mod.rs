@@ -23,8 +23,8 @@ use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{
-    AttemptOutcome, Conversion, EnrollmentView, Error, Inserted, MessageView, NewMessage,
-    OutboxMessage, StoredEvent, decode, from_millis, millis, query,
+    AttemptOutcome, EnrollmentView, Error, Inserted, MessageView, NewMessage, OutboxMessage,
+    StoredEvent, decode, from_millis, millis, query,
 };
 use crate::engine::{Enrollment, Status};
 use crate::journey::{CustomerState, CustomerWrite, FireWrite, LoadSpec};
