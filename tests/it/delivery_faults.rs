@@ -23,6 +23,17 @@ fn customer(email: &str) -> Value {
     })
 }
 
+/// Makes `id` a pro customer, so the welcome journey's tips email follows two days later;
+/// moves the clock past it, settles, and returns the customer as the API shows them.
+async fn two_days_later_as_pro(app: &TestApp, id: &str) -> Value {
+    let path = format!("/v1/customers/{id}");
+    app.call("PATCH", &path, Some(json!({"attributes": {"plan": "pro"}})))
+        .await;
+    app.advance(SignedDuration::from_hours(49));
+    app.settle().await;
+    app.call("GET", &path, None).await.1
+}
+
 async fn sign_up(app: &TestApp, ids: &[&str]) {
     for id in ids {
         app.call(
@@ -132,15 +143,7 @@ async fn a_550_for_one_address_fails_it_at_once_and_suppresses_it_from_then_on()
 
     // The journey's next email (tips, for pro customers), two days later, is not attempted:
     // the address is suppressed.
-    app.call(
-        "PATCH",
-        "/v1/customers/gone",
-        Some(json!({"attributes": {"plan": "pro"}})),
-    )
-    .await;
-    app.advance(SignedDuration::from_hours(49));
-    app.settle().await;
-    let (_, gone) = app.call("GET", "/v1/customers/gone", None).await;
+    let gone = two_days_later_as_pro(&app, "gone").await;
     let later: Vec<&Value> = gone["messages"]
         .as_array()
         .unwrap()
@@ -183,15 +186,7 @@ async fn a_pipelining_server_gets_one_group_per_message_and_a_refused_rcpt_still
     let (_, gone) = app.call("GET", "/v1/customers/gone", None).await;
     let last_error = gone["messages"][0]["last_error"].as_str().unwrap();
     assert!(last_error.contains("(550): 5.1.1"), "{gone}");
-    app.call(
-        "PATCH",
-        "/v1/customers/gone",
-        Some(json!({"attributes": {"plan": "pro"}})),
-    )
-    .await;
-    app.advance(SignedDuration::from_hours(49));
-    app.settle().await;
-    let (_, gone) = app.call("GET", "/v1/customers/gone", None).await;
+    let gone = two_days_later_as_pro(&app, "gone").await;
     let statuses: Vec<&Value> = gone["messages"]
         .as_array()
         .unwrap()
