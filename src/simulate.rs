@@ -1,11 +1,16 @@
-//! Drives the journey shell on a virtual clock for one customer and one workflow, and
-//! records the timeline: `trellis simulate` prints it, and tests assert it.
+//! Drives the journey shell on a virtual clock for one customer and one or more workflows,
+//! and records the timeline: `trellis simulate` prints it, and tests assert it.
 //!
 //! The simulator is the runtime's own code: the journey shell ([`journey::drive`]) against
 //! the in-memory store ([`MemoryStore`]), ticked at each moment something is due, every
-//! message delivered at once. No I/O and no wall clock: the caller hands in the parsed
-//! workflow, templates, customer and events. Segments without a definition are scripted
-//! with `$segment_entered` / `$segment_exited` events (property `segment`).
+//! message delivered at once, the computed traits and the segments of `segments.yaml`
+//! recomputed by the same sweep. No I/O and no wall clock: the caller hands in the parsed
+//! workflows, templates, customer and events.
+//!
+//! Besides the customer's events, a script may hold lines that stand for what reaches
+//! `serve` by other routes: [`PROFILE_PATCH`] (a `PATCH /v1/customers/{id}`) and
+//! [`SUPPRESS`] (an address on the suppression list). Segments without a definition are
+//! scripted with `$segment_entered` / `$segment_exited` events (property `segment`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,13 +20,20 @@ use jiff::Timestamp;
 
 use crate::engine::policy::SendPolicy;
 use crate::journey::{self, Catalog, Links, Shell, Sink, TickReport};
-use crate::model::{Channel, Customer, CustomerId, Event};
+use crate::model::{Channel, Customer, CustomerId, CustomerPatch, Event};
 use crate::store::{self, JourneyStore, MemoryStore};
 use crate::template::Templates;
 use crate::workflow::{SegmentDef, Workflow};
 
 pub use crate::journey::{Line, PREVIEW_UNSUBSCRIBE_LINK, render_json, render_text};
 pub use crate::journey::{SEGMENT_ENTERED, SEGMENT_EXITED};
+
+/// A script line that changes the customer's profile as `PATCH /v1/customers/{id}` would:
+/// its properties are the patch, such as `{"consent": {"email": false}}`.
+pub const PROFILE_PATCH: &str = "$profile";
+/// A script line that puts an address on the suppression list, as another customer's hard
+/// bounce would: property `email` or `phone`.
+pub const SUPPRESS: &str = "$suppress";
 
 /// How long the simulation runs after the last event when no `until` is given.
 pub const DEFAULT_HORIZON_DAYS: i64 = 30;
@@ -50,6 +62,9 @@ pub struct Options {
     /// How often the sweep runs (`serve`'s `TRELLIS_SEGMENT_REFRESH`); `None`: only at the
     /// start.
     pub segment_refresh: Option<std::time::Duration>,
+    /// The lifecycle thresholds of the computed traits, which every sweep recomputes as in
+    /// `serve`.
+    pub lifecycle: crate::traits::Lifecycle,
 }
 
 /// Why a simulation could not run.
@@ -66,6 +81,75 @@ pub enum SimulateError {
         /// The stop.
         until: Timestamp,
     },
+    /// A [`PROFILE_PATCH`] or [`SUPPRESS`] line that cannot be applied.
+    #[error("the script's {name} at {at}: {reason}")]
+    BadScriptLine {
+        /// The line's name.
+        name: String,
+        /// Its time.
+        at: Timestamp,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// What a script line does besides being an event.
+enum ScriptAction {
+    Patch(CustomerPatch),
+    Suppress(Channel, String),
+}
+
+impl ScriptAction {
+    /// The action of a [`PROFILE_PATCH`] or [`SUPPRESS`] line; `None` for an event.
+    fn of(event: &Event) -> Option<Result<Self, SimulateError>> {
+        let bad = |reason: String| SimulateError::BadScriptLine {
+            name: event.name.clone(),
+            at: event.timestamp,
+            reason,
+        };
+        let properties = serde_json::Value::Object(event.properties.clone());
+        match event.name.as_str() {
+            PROFILE_PATCH => Some(
+                serde_json::from_value(properties)
+                    .map(Self::Patch)
+                    .map_err(|e| bad(format!("not a profile patch: {e}"))),
+            ),
+            SUPPRESS => Some(
+                match (
+                    event.property("email").and_then(|v| v.as_str()),
+                    event.property("phone").and_then(|v| v.as_str()),
+                ) {
+                    (Some(email), None) => Ok(Self::Suppress(Channel::Email, email.to_owned())),
+                    (None, Some(phone)) => Ok(Self::Suppress(Channel::Sms, phone.to_owned())),
+                    _ => Err(bad("give one address: email or phone".into())),
+                },
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// Checks the script's [`PROFILE_PATCH`] and [`SUPPRESS`] lines, applying the patches in
+/// order to `customer`, so a simulation never stops half way on one.
+///
+/// # Errors
+/// The first line that cannot be applied.
+pub fn check_script(customer: &Customer, events: &[Event]) -> Result<(), SimulateError> {
+    let mut customer = customer.clone();
+    let mut events: Vec<&Event> = events.iter().collect();
+    events.sort_by_key(|e| e.timestamp);
+    for event in events {
+        if let Some(ScriptAction::Patch(patch)) = ScriptAction::of(event).transpose()? {
+            customer = patch
+                .apply(customer)
+                .map_err(|reason| SimulateError::BadScriptLine {
+                    name: event.name.clone(),
+                    at: event.timestamp,
+                    reason,
+                })?;
+        }
+    }
+    Ok(())
 }
 
 /// Where a timeline is played: a journey store that can also take a customer and events as
@@ -83,6 +167,14 @@ pub trait Stage: JourneyStore {
         &self,
         customer: &CustomerId,
         event: &Event,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), store::Error>> + Send;
+    /// Applies a profile patch as `PATCH /v1/customers/{id}` does (the profile changed, a
+    /// profile-change event stored); a patch that does not apply changes nothing.
+    fn patch_customer(
+        &self,
+        customer: &CustomerId,
+        patch: &CustomerPatch,
         now: Timestamp,
     ) -> impl Future<Output = Result<(), store::Error>> + Send;
     /// Suppresses an address on a channel, as a hard bounce would.
@@ -118,6 +210,22 @@ impl Stage for store::Store {
         tx.commit().await
     }
 
+    async fn patch_customer(
+        &self,
+        customer: &CustomerId,
+        patch: &CustomerPatch,
+        now: Timestamp,
+    ) -> Result<(), store::Error> {
+        let mut tx = self.begin().await?;
+        let Some(Ok(patched)) = tx.customer(customer).await?.map(|c| patch.clone().apply(c)) else {
+            return Ok(());
+        };
+        tx.put_customer(&patched, now).await?;
+        tx.insert_event(customer, &Event::profile_updated(now), now)
+            .await?;
+        tx.commit().await
+    }
+
     async fn suppress(
         &self,
         channel: Channel,
@@ -148,6 +256,19 @@ impl Stage for MemoryStore {
         _now: Timestamp,
     ) -> Result<(), store::Error> {
         MemoryStore::insert_event(self, customer, event);
+        Ok(())
+    }
+
+    async fn patch_customer(
+        &self,
+        customer: &CustomerId,
+        patch: &CustomerPatch,
+        now: Timestamp,
+    ) -> Result<(), store::Error> {
+        if let Some(Ok(patched)) = self.customer(customer).map(|c| patch.clone().apply(c)) {
+            MemoryStore::put_customer(self, &patched);
+            MemoryStore::insert_event(self, customer, &Event::profile_updated(now));
+        }
         Ok(())
     }
 
@@ -193,32 +314,31 @@ pub fn bounds(
     Ok((start, until))
 }
 
-/// The shell the simulator plans with: the one workflow and the segments, preview links,
-/// the journal on.
-pub fn shell(
-    workflow: &Workflow,
-    templates: Arc<Templates>,
-    policy: SendPolicy,
-    segments: Vec<SegmentDef>,
-) -> Shell {
+/// The shell the simulator plans with: the workflows, the segments and the lifecycle
+/// thresholds of `options`, preview links, the journal on.
+pub fn shell(workflows: &[Workflow], templates: Arc<Templates>, options: &Options) -> Shell {
     Shell {
         catalog: Arc::new(Catalog::from_parts(
-            vec![workflow.clone()],
+            workflows.to_vec(),
             Vec::new(),
-            segments,
+            options.segments.clone(),
         )),
         templates,
         links: Links::Preview,
-        policy: Arc::new(policy),
+        policy: Arc::new(options.policy.clone()),
         attribution_window: ATTRIBUTION_WINDOW,
         journal: true,
+        lifecycle: Some(options.lifecycle),
     }
 }
 
 /// Plays `events` for `customer` on `stage` from `start` to `until` with `shell`, as `serve`
 /// would with its clock at each moment something is due: a sweep when one is due (at the
-/// start, then every `refresh` when the catalog has segments), the events of that moment
-/// stored, a scheduler tick, a delivery round. Returns the journal.
+/// start, then every `refresh` when the catalog has segments or the shell computes traits),
+/// the script lines of that moment applied ([`PROFILE_PATCH`] and [`SUPPRESS`] as the API
+/// would, the others stored as events), a scheduler tick, a delivery round. Returns the
+/// journal; the script is assumed checked ([`check_script`]), a line that does not apply
+/// is passed over.
 ///
 /// # Errors
 /// A store error.
@@ -231,7 +351,7 @@ pub async fn timeline<S: Stage>(
     refresh: Option<std::time::Duration>,
 ) -> Result<Vec<Line>, store::Error> {
     let refresh = refresh
-        .filter(|_| !shell.catalog.segments().is_empty())
+        .filter(|_| !shell.catalog.segments().is_empty() || shell.lifecycle.is_some())
         .and_then(|r| jiff::SignedDuration::try_from(r).ok())
         .filter(jiff::SignedDuration::is_positive);
     events.sort_by_key(|e| e.timestamp);
@@ -275,7 +395,16 @@ pub async fn timeline<S: Stage>(
             next_sweep = refresh.and_then(|r| now.checked_add(r).ok());
         }
         while let Some(event) = events.next_if(|e| e.timestamp == now) {
-            stage.insert_event(&id, &event, now).await?;
+            match ScriptAction::of(&event) {
+                None => stage.insert_event(&id, &event, now).await?,
+                Some(Ok(ScriptAction::Patch(patch))) => {
+                    stage.patch_customer(&id, &patch, now).await?
+                }
+                Some(Ok(ScriptAction::Suppress(channel, address))) => {
+                    stage.suppress(channel, &address, "hard", now).await?
+                }
+                Some(Err(_)) => {}
+            }
         }
         let mut sink = Sink {
             committed: &nothing,
@@ -287,19 +416,21 @@ pub async fn timeline<S: Stage>(
     Ok(journal)
 }
 
-/// Runs the simulation in memory and returns the timeline.
+/// Runs the simulation of `workflows` in memory and returns the timeline.
 ///
 /// # Errors
-/// When no start can be determined, or `until` comes before the start.
+/// When no start can be determined, `until` comes before the start, or a script line does
+/// not apply ([`check_script`]).
 pub fn run(
-    workflow: &Workflow,
+    workflows: &[Workflow],
     templates: Arc<Templates>,
     customer: Customer,
     events: Vec<Event>,
     options: Options,
 ) -> Result<Vec<Line>, SimulateError> {
     let bounds = bounds(&events, &options)?;
-    let shell = shell(workflow, templates, options.policy, options.segments);
+    check_script(&customer, &events)?;
+    let shell = shell(workflows, templates, &options);
     let lines = ready(timeline(
         &MemoryStore::default(),
         &shell,

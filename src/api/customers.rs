@@ -1,17 +1,14 @@
 //! `/v1/customers/{id}`: create or replace, merge, read, erase.
 
-use std::collections::BTreeSet;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::error::{Body, parse_json};
 use super::extract::Path;
 use super::{ApiError, AppState};
-use crate::model::{Consent, Customer, CustomerId, check_zone};
+use crate::model::{Customer, CustomerId, CustomerPatch};
 
 fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     CustomerId::parse(raw).map_err(|e| ApiError::InvalidField(format!("id: {e}")))
@@ -24,21 +21,12 @@ fn check(customer: Customer) -> Result<Customer, ApiError> {
         .map_err(ApiError::InvalidField)
 }
 
-/// The internal event that makes the scheduler recompute the customer's segments in order
-/// with their other events.
-pub const PROFILE_UPDATED: &str = "$profile_updated";
-
 async fn profile_updated(
     tx: &mut crate::store::Tx,
     id: &CustomerId,
     now: jiff::Timestamp,
 ) -> Result<(), ApiError> {
-    let event = crate::model::Event {
-        id: None,
-        name: PROFILE_UPDATED.into(),
-        timestamp: now,
-        properties: Map::new(),
-    };
+    let event = crate::model::Event::profile_updated(now);
     tx.insert_event(id, &event, now).await?;
     Ok(())
 }
@@ -85,34 +73,6 @@ pub(super) async fn put(
     Ok((status, Json(json!(customer))))
 }
 
-/// A partial update.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CustomerPatch {
-    email: Option<String>,
-    phone: Option<String>,
-    timezone: Option<String>,
-    locale: Option<String>,
-    /// Merged: a `null` value removes the attribute.
-    #[serde(default)]
-    attributes: Map<String, Value>,
-    /// Replaces the tags.
-    tags: Option<BTreeSet<String>>,
-    #[serde(default)]
-    add_tags: Vec<String>,
-    #[serde(default)]
-    remove_tags: Vec<String>,
-    consent: Option<ConsentPatch>,
-}
-
-/// Consent fields to change.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsentPatch {
-    email: Option<bool>,
-    sms: Option<bool>,
-}
-
 /// `PATCH`: merges into an existing profile.
 pub(super) async fn patch(
     State(state): State<AppState>,
@@ -121,39 +81,12 @@ pub(super) async fn patch(
 ) -> Result<Json<Value>, ApiError> {
     let id = customer_id(&id)?;
     let patch: CustomerPatch = parse_json(&body)?;
-    if let Some(zone) = &patch.timezone {
-        check_zone(zone).map_err(|e| ApiError::InvalidField(format!("timezone: {e}")))?;
-    }
     let mut tx = state.store.begin().await?;
-    let mut customer = tx
+    let customer = tx
         .customer(&id)
         .await?
         .ok_or_else(|| ApiError::UnknownCustomer(id.to_string()))?;
-    customer.email = patch.email.or(customer.email);
-    customer.phone = patch.phone.or(customer.phone);
-    customer.timezone = patch.timezone.or(customer.timezone);
-    customer.locale = patch.locale.or(customer.locale);
-    for (name, value) in patch.attributes {
-        if value.is_null() {
-            customer.attributes.remove(&name);
-        } else {
-            customer.attributes.insert(name, value);
-        }
-    }
-    if let Some(tags) = patch.tags {
-        customer.tags = tags;
-    }
-    customer.tags.extend(patch.add_tags);
-    for tag in patch.remove_tags {
-        customer.tags.remove(&tag);
-    }
-    if let Some(consent) = patch.consent {
-        customer.consent = Consent {
-            email: consent.email.unwrap_or(customer.consent.email),
-            sms: consent.sms.unwrap_or(customer.consent.sms),
-        };
-    }
-    let customer = check(customer)?;
+    let customer = patch.apply(customer).map_err(ApiError::InvalidField)?;
     tx.put_customer(&customer, state.clock.now()).await?;
     profile_updated(&mut tx, &id, state.clock.now()).await?;
     tx.commit().await?;

@@ -28,8 +28,8 @@ pub enum Command {
     Serve(Box<crate::config::ServeConfig>),
     /// Check workflows and templates; print every problem as file:line: node <id>: problem.
     Validate(validate::Args),
-    /// Run one workflow for one customer on a virtual clock and print the timeline.
-    Simulate(simulate::Args),
+    /// Run one or more workflows for one customer on a virtual clock and print the timeline.
+    Simulate(Box<simulate::Args>),
     /// Print the JSON Schema of workflow files.
     Schema,
     /// Load customers or events from a CSV or NDJSON file.

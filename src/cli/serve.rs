@@ -201,12 +201,12 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
                 policy: Arc::new(config.policy.to_policy().map_err(anyhow::Error::msg)?),
                 attribution_window: config.attribution_window.as_signed().unsigned_abs(),
                 journal: false,
+                lifecycle: Some(config.lifecycle.to_lifecycle()),
             },
             batch_size: 200,
             outbox_nudge: outbox_nudge.clone(),
             segment_refresh: config.segment_refresh.as_signed().unsigned_abs(),
             last_refresh: Arc::default(),
-            lifecycle: config.lifecycle.to_lifecycle(),
         },
         dispatcher: DispatchCtx {
             store: store.clone(),

@@ -1,4 +1,5 @@
-//! `trellis simulate WORKFLOW --customer FILE --events FILE`: a journey's timeline before it goes live.
+//! `trellis simulate WORKFLOW... --customer FILE --events FILE`: a journey's timeline before
+//! it goes live; with several workflows, how they share the customer (caps, quiet hours).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,12 +15,17 @@ use crate::workflow::validate::check_paths;
 /// Arguments of `trellis simulate`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The workflow file.
-    pub workflow: PathBuf,
+    /// The workflow files: with more than one, every line names its workflow, and caps
+    /// count the sends of all of them.
+    #[arg(required = true, num_args = 1..)]
+    pub workflows: Vec<PathBuf>,
     /// The customer, as JSON: {"id", "email", "phone", "timezone", "locale", "attributes", "tags", "consent"}.
     #[arg(long)]
     pub customer: PathBuf,
-    /// Events, one JSON object a line: {"id"?, "name", "timestamp", "properties"}.
+    /// Events, one JSON object a line: {"id"?, "name", "timestamp", "properties"}. Two names
+    /// stand for what reaches `serve` by other routes: "$profile" (properties: a profile
+    /// patch, as `PATCH /v1/customers/{id}` takes) and "$suppress" (properties: "email" or
+    /// "phone", an address on the suppression list).
     #[arg(long)]
     pub events: Option<PathBuf>,
     /// When to start (RFC 3339); default: the first event's time.
@@ -45,6 +51,9 @@ pub struct Args {
     /// then scripted with `$segment_entered` / `$segment_exited` events.
     #[arg(long)]
     pub script_segments: bool,
+    /// Lifecycle thresholds of the computed traits, as `serve` takes them.
+    #[command(flatten)]
+    pub lifecycle: crate::config::LifecycleArgs,
 }
 
 fn read_customer(path: &Path) -> anyhow::Result<Customer> {
@@ -68,8 +77,9 @@ fn read_events(path: &Path) -> anyhow::Result<Vec<Event>> {
 
 /// Validates the workflow, then prints its timeline.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let checked = check_paths(&[args.workflow.as_path()], &args.templates);
-    let (mut workflows, templates, problems, segments) = (
+    let paths: Vec<&Path> = args.workflows.iter().map(PathBuf::as_path).collect();
+    let checked = check_paths(&paths, &args.templates);
+    let (workflows, templates, problems, segments) = (
         checked.workflows,
         checked.templates,
         checked.problems,
@@ -78,11 +88,13 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if !problems.is_empty() {
         let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
         bail!(
-            "the workflow has problems; fix them first:\n{}",
+            "the workflows have problems; fix them first:\n{}",
             listed.join("\n")
         );
     }
-    let workflow = workflows.pop().context("no workflow was read")?;
+    if workflows.is_empty() {
+        bail!("no workflow was read");
+    }
     let customer = read_customer(&args.customer)?;
     let events = match &args.events {
         Some(path) => read_events(path)?,
@@ -98,9 +110,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             segments
         },
         segment_refresh: Some(args.segment_refresh.as_signed().unsigned_abs()),
+        lifecycle: args.lifecycle.to_lifecycle(),
     };
     let lines = simulate::run(
-        &workflow,
+        &workflows,
         std::sync::Arc::new(templates),
         customer,
         events,

@@ -62,6 +62,11 @@ impl Catalog {
         self.current.values()
     }
 
+    /// Whether there are several current workflows (timeline lines then name theirs).
+    pub fn several(&self) -> bool {
+        self.current.len() > 1
+    }
+
     /// The current version of one workflow.
     pub fn get(&self, id: &str) -> Option<&Arc<Workflow>> {
         self.current.get(id)

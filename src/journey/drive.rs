@@ -235,7 +235,8 @@ async fn plan_all<S: JourneyStore>(
     Ok((writes, conflicted))
 }
 
-/// Recomputes every customer's segments at `now`, firing segment triggers for each
+/// Recomputes the computed traits when the shell computes them ([`Shell::lifecycle`]), then
+/// every customer's segments at `now`, firing segment triggers for each
 /// transition (for conditions that become true with time alone, "no order in 60 days"), and
 /// schedules time-based triggers for customers who have none yet (new workflows, imports).
 /// Returns how many customers entered or left a segment.
@@ -248,6 +249,10 @@ pub async fn sweep<S: JourneyStore>(
     now: Timestamp,
     sink: &mut Sink<'_>,
 ) -> Result<usize, Error> {
+    // Traits first, so the segments below see fresh scores.
+    if let Some(lifecycle) = shell.lifecycle {
+        recompute_traits(store, lifecycle, now).await?;
+    }
     let time_triggers = shell.catalog.current().any(|w| {
         matches!(
             w.trigger.value,
@@ -284,6 +289,23 @@ pub async fn sweep<S: JourneyStore>(
         sink.commit(&report, lines);
     }
     Ok(changed)
+}
+
+/// Recomputes every customer's value traits (RFM, value tier, lifecycle) at `now` from
+/// their orders ([`crate::traits::compute`], pure) and writes those that changed into their
+/// attributes. Returns how many customers were scored.
+///
+/// # Errors
+/// A store error.
+pub async fn recompute_traits<S: JourneyStore>(
+    store: &S,
+    lifecycle: crate::traits::Lifecycle,
+    now: Timestamp,
+) -> Result<usize, Error> {
+    let stats = store.order_stats().await?;
+    let traits = crate::traits::compute(&stats, now, lifecycle);
+    store.write_traits(&traits, now).await?;
+    Ok(traits.len())
 }
 
 #[cfg(test)]

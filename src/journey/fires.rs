@@ -93,7 +93,7 @@ impl Working {
                 );
                 self.enter(shell, workflow, None, id, now);
             } else {
-                self.skip(shell, now, "not in the audience");
+                self.skip(shell, now, Some(workflow_id), "not in the audience");
             }
         }
         let customer = with_default_zone(&self.customer, &shell.policy);

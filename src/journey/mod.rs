@@ -60,6 +60,9 @@ pub struct Shell {
     /// Whether [`plan`] writes the timeline of what it decided ([`CustomerWrite::journal`]):
     /// the simulator's output. Off in `serve`, where nobody reads it.
     pub journal: bool,
+    /// The lifecycle thresholds of the computed traits, which every sweep recomputes first;
+    /// `None`: no traits are computed.
+    pub lifecycle: Option<crate::traits::Lifecycle>,
 }
 
 impl Shell {
@@ -147,15 +150,14 @@ impl Working {
         }
     }
 
-    /// Notes in the journal why nothing happened.
-    fn skip(&mut self, shell: &Shell, now: Timestamp, reason: &str) {
+    /// Notes in the journal why nothing happened (in `workflow`, when it is about one).
+    fn skip(&mut self, shell: &Shell, now: Timestamp, workflow: Option<&str>, reason: &str) {
         if shell.journal {
-            self.write.journal.push(Line::new(
-                now,
-                None,
-                "skip",
-                serde_json::json!({ "reason": reason }),
-            ));
+            let mut line = Line::new(now, None, "skip", serde_json::json!({ "reason": reason }));
+            line.workflow = workflow
+                .filter(|_| shell.catalog.several())
+                .map(str::to_owned);
+            self.write.journal.push(line);
         }
     }
 
@@ -194,13 +196,18 @@ impl Working {
                 let zone =
                     crate::engine::policy::with_default_zone(&self.customer, &shell.policy).tz();
                 let waiting_at = enrollment.current_node().map(|n| n.as_str());
-                let lines = timeline::step_lines(
+                let mut lines = timeline::step_lines(
                     &result,
                     waiting_at,
                     &self.write.messages[first_row..],
                     &zone,
                     now,
                 );
+                if shell.catalog.several() {
+                    for line in &mut lines {
+                        line.workflow = Some(workflow.id.to_string());
+                    }
+                }
                 self.write.journal.extend(lines);
             }
             // The next workflow stepped for this customer sees exactly what the outbox rows
@@ -238,7 +245,7 @@ impl Working {
             EntryDecision::CoolingDown(until) => Some(format!("cooling down until {until}")),
         };
         if let Some(reason) = refused {
-            self.skip(shell, now, &reason);
+            self.skip(shell, now, Some(workflow.id.as_str()), &reason);
             return;
         }
         self.state.last_entered.insert(workflow.id.to_string(), now);
@@ -317,7 +324,7 @@ impl Working {
             let reason = format!(
                 "segment {segment} is defined, so it is computed, not scripted (simulate --script-segments scripts it)"
             );
-            self.skip(shell, now, &reason);
+            self.skip(shell, now, None, &reason);
             return;
         }
         if let Some(transitions) = scripted_segment(&stored.event, &self.state.segments) {

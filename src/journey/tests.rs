@@ -86,6 +86,7 @@ fn shell(workflows: &[&str], policy: SendPolicy) -> Shell {
         policy: Arc::new(policy),
         attribution_window: Duration::from_secs(86_400),
         journal: false,
+        lifecycle: None,
     }
 }
 

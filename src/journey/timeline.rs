@@ -18,6 +18,8 @@ const PREVIEW_LINES: usize = 3;
 pub struct Line {
     /// When.
     pub at: Timestamp,
+    /// The workflow, named when the timeline holds several.
+    pub workflow: Option<String>,
     /// The node involved, if any.
     pub node: Option<String>,
     /// `enter`, `wait`, `send`, `suppressed`, `webhook`, `update`, `goal`, `exit`, `skip`, `error`.
@@ -39,26 +41,36 @@ impl Line {
         };
         Self {
             at,
+            workflow: None,
             node: node.map(str::to_owned),
             kind,
             fields,
         }
     }
 
-    /// The line as one JSON object: `at`, `node`, `kind`, then the fields.
+    /// The line as one JSON object: `at`, `workflow` (when named), `node`, `kind`, then the
+    /// fields.
     pub fn to_json(&self) -> Value {
         let mut map = serde_json::Map::new();
         map.insert("at".into(), json!(self.at.to_string()));
+        if let Some(workflow) = &self.workflow {
+            map.insert("workflow".into(), json!(workflow));
+        }
         map.insert("node".into(), json!(self.node));
         map.insert("kind".into(), json!(self.kind));
         map.extend(self.fields.clone());
         Value::Object(map)
     }
 
-    /// The line as text for people: time, kind, node and a short description.
+    /// The line as text for people: time, kind, node (`workflow/node` when the workflow is
+    /// named) and a short description.
     pub fn to_text(&self) -> String {
         let f = |k: &str| self.fields.get(k).and_then(Value::as_str).unwrap_or("");
         let node = self.node.as_deref().unwrap_or("-");
+        let node = match &self.workflow {
+            Some(workflow) => format!("{workflow}/{node}"),
+            None => node.to_owned(),
+        };
         let detail = match self.kind {
             "wait" => format!("until {} ({})", f("until"), f("local")),
             "send" if f("channel") == "email" => {

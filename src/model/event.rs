@@ -25,7 +25,21 @@ pub struct Event {
     pub properties: Properties,
 }
 
+/// The internal event stored with every profile change, so the scheduler recomputes the
+/// customer's segments in order with their other events.
+pub const PROFILE_UPDATED: &str = "$profile_updated";
+
 impl Event {
+    /// The event that marks a profile change at `at`.
+    pub fn profile_updated(at: Timestamp) -> Self {
+        Self {
+            id: None,
+            name: PROFILE_UPDATED.into(),
+            timestamp: at,
+            properties: Map::new(),
+        }
+    }
+
     /// A property by dotted path, such as `value` or `shipping.country`.
     pub fn property(&self, path: &str) -> Option<&Value> {
         super::customer::lookup_path(&self.properties, path)

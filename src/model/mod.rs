@@ -6,9 +6,11 @@
 mod customer;
 mod event;
 mod ids;
+mod patch;
 mod phone;
 
 pub use customer::{Consent, Customer, check_zone};
-pub use event::{Event, Properties};
+pub use event::{Event, PROFILE_UPDATED, Properties};
 pub use ids::{Channel, CustomerId, EventId, IdError, IdempotencyKey, NodeId, WorkflowId};
+pub use patch::{ConsentPatch, CustomerPatch};
 pub use phone::PhoneE164;

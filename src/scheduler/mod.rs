@@ -38,8 +38,6 @@ pub struct SchedulerCtx {
     pub segment_refresh: Duration,
     /// When it last ran.
     pub last_refresh: Arc<std::sync::Mutex<Option<Timestamp>>>,
-    /// Lifecycle thresholds for computed traits.
-    pub lifecycle: crate::traits::Lifecycle,
 }
 
 /// Processes every pending event, then every enrollment and trigger occurrence due at `now`
@@ -65,7 +63,8 @@ fn nudge_outbox(ctx: &SchedulerCtx, report: &TickReport) {
 }
 
 /// Recomputes every customer's value traits (RFM, value tier, lifecycle) at `now` and writes
-/// them into their attributes. Returns how many customers were scored.
+/// them into their attributes ([`drive::recompute_traits`]; every sweep does it first).
+/// Returns how many customers were scored.
 ///
 /// # Errors
 /// A database error.
@@ -74,14 +73,11 @@ pub async fn recompute_traits(
     lifecycle: crate::traits::Lifecycle,
     now: Timestamp,
 ) -> Result<usize, store::Error> {
-    let stats = store.order_stats().await?;
-    let traits = crate::traits::compute(&stats, now, lifecycle);
-    store.write_traits(&traits, now).await?;
-    Ok(traits.len())
+    drive::recompute_traits(store, lifecycle, now).await
 }
 
-/// Recomputes every customer's segments at `now` and keeps their time-based triggers
-/// scheduled ([`drive::sweep`]). Returns how many customers entered or left a segment.
+/// Recomputes every customer's traits (when the shell computes them), then segments, at
+/// `now`, and keeps their time-based triggers scheduled ([`drive::sweep`]). Returns how many customers entered or left a segment.
 ///
 /// # Errors
 /// A database error; the batch in progress is rolled back.
@@ -115,10 +111,6 @@ pub async fn run(
             })
         };
         if due {
-            // Traits first, so the sweep's segments see fresh scores.
-            if let Err(err) = recompute_traits(&ctx.store, ctx.lifecycle, now).await {
-                error!(error = %error_chain(&err), "Recomputing traits failed; retrying.");
-            }
             match refresh_segments(&ctx, now).await {
                 Ok(_) => {
                     *ctx.last_refresh

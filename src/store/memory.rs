@@ -15,6 +15,7 @@ use super::{Conversion, Error, Inserted, MessageStatus, NewMessage, StoredEvent}
 use crate::engine::Enrollment;
 use crate::journey::{CustomerState, CustomerWrite, FireWrite, LoadSpec};
 use crate::model::{Channel, Customer, CustomerId, Event};
+use crate::traits::{OrderStats, Traits};
 
 /// The journey store in memory. Clones share the tables.
 #[derive(Debug, Clone, Default)]
@@ -170,6 +171,39 @@ impl Tables {
         };
         self.versions.insert(customer.id.clone(), version);
         self.customers.insert(customer.id.clone(), customer);
+    }
+
+    /// As the SQL: every customer, their `order_completed` events counted, `value` summed as
+    /// a number (a numeric string counts, anything else as 0).
+    fn order_stats(&self) -> Vec<OrderStats> {
+        self.customers
+            .keys()
+            .map(|id| {
+                let orders: Vec<&Event> = self
+                    .events
+                    .iter()
+                    .map(|(e, _)| e)
+                    .filter(|e| &e.customer_id == id && e.event.name == "order_completed")
+                    .map(|e| &e.event)
+                    .collect();
+                let revenue = orders
+                    .iter()
+                    .filter_map(|e| e.properties.get("value"))
+                    .map(|v| match v {
+                        serde_json::Value::String(s) => s.trim().parse().unwrap_or(0.0),
+                        serde_json::Value::Bool(b) => f64::from(u8::from(*b)),
+                        other => other.as_f64().unwrap_or(0.0),
+                    })
+                    .sum();
+                OrderStats {
+                    customer_id: id.to_string(),
+                    orders: orders.len() as u64,
+                    revenue,
+                    first_order: orders.iter().map(|e| e.timestamp).min(),
+                    last_order: orders.iter().map(|e| e.timestamp).max(),
+                }
+            })
+            .collect()
     }
 
     fn segments_of(&self, id: &CustomerId) -> BTreeSet<String> {
@@ -464,6 +498,36 @@ impl JourneyStore for MemoryStore {
                 .cloned()
                 .collect()
         }))
+    }
+
+    async fn order_stats(&self) -> Result<Vec<OrderStats>, Error> {
+        Ok(self.with(|t| t.order_stats()))
+    }
+
+    async fn write_traits(&self, traits: &[Traits], _now: Timestamp) -> Result<(), Error> {
+        self.with(|t| {
+            for computed in traits {
+                let Ok(id) = CustomerId::parse(computed.customer_id.clone()) else {
+                    continue;
+                };
+                let Some(mut customer) = t.customers.get(&id).cloned() else {
+                    continue;
+                };
+                let (rfm, tier, stage) = computed.attributes();
+                let attributes = &mut customer.attributes;
+                if rfm.is_null() {
+                    attributes.remove("rfm");
+                } else {
+                    attributes.insert("rfm".into(), rfm);
+                }
+                attributes.insert("value_tier".into(), tier);
+                attributes.insert("lifecycle".into(), stage);
+                if t.customers.get(&id) != Some(&customer) {
+                    t.put(customer);
+                }
+            }
+        });
+        Ok(())
     }
 }
 

@@ -12,6 +12,7 @@ use super::{Error, StoredEvent};
 use crate::engine::Enrollment;
 use crate::journey::{CustomerState, CustomerWrite, LoadSpec};
 use crate::model::CustomerId;
+use crate::traits::{OrderStats, Traits};
 
 /// A trigger occurrence due: `(workflow id, customer, occurrence)`.
 pub type DueFire = (String, CustomerId, Timestamp);
@@ -40,6 +41,17 @@ pub trait JourneyStore: Send + Sync {
         after: Option<&str>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<CustomerId>, Error>> + Send;
+    /// Every customer's `order_completed` statistics, for the computed traits.
+    fn order_stats(&self) -> impl Future<Output = Result<Vec<OrderStats>, Error>> + Send;
+    /// Writes computed traits into the customers' attributes (`rfm`, `value_tier`,
+    /// `lifecycle`), in transactions of its own. A customer whose traits are already these
+    /// is left alone: their version stays, so a scheduler write planned meanwhile is not
+    /// fenced out by a change that changed nothing.
+    fn write_traits(
+        &self,
+        traits: &[Traits],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 /// One transaction of a [`JourneyStore`]: all or nothing. Dropped without

@@ -139,6 +139,59 @@ fn simulate_prints_json_lines_with_the_documented_fields() {
 }
 
 #[test]
+fn simulate_plays_several_workflows_and_names_each_lines_workflow() {
+    let out = trellis(&[
+        "simulate",
+        "workflows/welcome_series.yaml",
+        "workflows/cart_abandonment.yaml",
+        "--customer",
+        "examples/customers/ada.json",
+        "--events",
+        "examples/events/signup.ndjson",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(
+        lines.iter().all(|l| l["workflow"] == "welcome_series"),
+        "only the welcome series starts on a signup, and every line says so: {lines:?}"
+    );
+}
+
+#[test]
+fn simulate_refuses_a_profile_patch_it_cannot_apply_and_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("events.ndjson");
+    std::fs::write(
+        &script,
+        r#"{"name": "$profile", "timestamp": "2026-03-02T15:00:00Z", "properties": {"timezone": "Mars/Olympus"}}"#,
+    )
+    .unwrap();
+    let out = trellis(&[
+        "simulate",
+        "workflows/welcome_series.yaml",
+        "--customer",
+        "examples/customers/ada.json",
+        "--events",
+        script.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("$profile at 2026-03-02T15:00:00Z") && err.contains("Mars/Olympus"),
+        "{err}"
+    );
+}
+
+#[test]
 fn simulate_refuses_a_broken_workflow_and_names_the_problem() {
     let out = trellis(&[
         "simulate",

@@ -448,3 +448,166 @@ async fn a_send_to_a_suppressed_address_does_not_use_up_the_customers_cap() {
     statuses.sort();
     assert_eq!(statuses, ["sent", "suppressed"], "{view}");
 }
+
+/// The scenarios above that only the runtime played, played by the simulator and the
+/// runtime alike (`lines` and `lines_of` play both and require the same timeline).
+mod through_both {
+    use super::*;
+    use crate::helpers::lines_of;
+
+    const ADA: &str = r#"{"id": "ada", "email": "ada@example.com", "attributes": {"first_name": "Ada"}, "consent": {"email": true}}"#;
+
+    fn caps(caps: &[&str], mode: &str) -> Options {
+        Options {
+            policy: trellis::engine::policy::SendPolicy {
+                caps: caps.iter().map(|c| c.parse().unwrap()).collect(),
+                cap_mode: mode.parse().unwrap(),
+                ..Default::default()
+            },
+            ..Options::default()
+        }
+    }
+
+    fn text(lines: &[trellis::simulate::Line]) -> String {
+        lines
+            .iter()
+            .map(|l| l.to_text().lines().next().unwrap_or_default().to_owned() + "\n")
+            .collect()
+    }
+
+    #[test]
+    fn the_fourth_email_in_a_week_waits_for_a_place_under_a_3_per_week_cap() {
+        let t = text(&lines(
+            &inline(MAIL_ON_PING),
+            customer(ADA),
+            events(
+                "2026-06-01T09:00:00Z ping\n2026-06-03T09:00:00Z ping\n2026-06-05T09:00:00Z ping\n2026-06-06T09:00:00Z ping",
+            ),
+            caps(&["email=3/7d"], "delay"),
+        ));
+        insta::assert_snapshot!(t, @r#"
+        2026-06-01T09:00:00Z  enter      mail
+        2026-06-01T09:00:00Z  send       mail             email welcome to ada@example.com: "Welcome to Acme, Ada"
+        2026-06-01T09:00:00Z  enter      done
+        2026-06-01T09:00:00Z  exit       done             completed
+        2026-06-03T09:00:00Z  enter      mail
+        2026-06-03T09:00:00Z  send       mail             email welcome to ada@example.com: "Welcome to Acme, Ada"
+        2026-06-03T09:00:00Z  enter      done
+        2026-06-03T09:00:00Z  exit       done             completed
+        2026-06-05T09:00:00Z  enter      mail
+        2026-06-05T09:00:00Z  send       mail             email welcome to ada@example.com: "Welcome to Acme, Ada"
+        2026-06-05T09:00:00Z  enter      done
+        2026-06-05T09:00:00Z  exit       done             completed
+        2026-06-06T09:00:00Z  enter      mail
+        2026-06-06T09:00:00Z  held       mail             email held until 2026-06-08T09:00:00Z (frequency cap)
+        2026-06-06T09:00:00Z  wait       mail             until 2026-06-08T09:00:00Z (2026-06-08 09:00 UTC)
+        2026-06-08T09:00:00Z  enter      mail
+        2026-06-08T09:00:00Z  send       mail             email welcome to ada@example.com: "Welcome to Acme, Ada"
+        2026-06-08T09:00:00Z  enter      done
+        2026-06-08T09:00:00Z  exit       done             completed
+        "#);
+    }
+
+    #[test]
+    fn over_the_cap_in_drop_mode_the_send_is_suppressed_and_the_journey_goes_on() {
+        let t = text(&lines(
+            &inline(MAIL_ON_PING),
+            customer(ADA),
+            events("2026-06-01T09:00:00Z ping\n2026-06-01T10:00:00Z ping"),
+            caps(&["email=1/1d"], "drop"),
+        ));
+        insta::assert_snapshot!(t, @r#"
+        2026-06-01T09:00:00Z  enter      mail
+        2026-06-01T09:00:00Z  send       mail             email welcome to ada@example.com: "Welcome to Acme, Ada"
+        2026-06-01T09:00:00Z  enter      done
+        2026-06-01T09:00:00Z  exit       done             completed
+        2026-06-01T10:00:00Z  enter      mail
+        2026-06-01T10:00:00Z  suppressed mail             email not sent: frequency cap
+        2026-06-01T10:00:00Z  enter      done
+        2026-06-01T10:00:00Z  exit       done             completed
+        "#);
+    }
+
+    #[test]
+    fn caps_count_across_journeys_and_a_transactional_receipt_takes_no_place() {
+        // A receipt and two promotions on the same order, under one email a day: the
+        // receipt and the first promotion go at once, the second promotion the next day.
+        let promo_c = PROMO
+            .replace("id: b_promo", "id: c_promo")
+            .replace("name: Promo", "name: Other promo");
+        let t = text(&lines_of(
+            &[inline(RECEIPT), inline(PROMO), inline(&promo_c)],
+            customer(ADA),
+            events("2026-06-01T09:00:00Z order_completed"),
+            caps(&["email=1/1d"], "delay"),
+        ));
+        insta::assert_snapshot!(t, @r#"
+        2026-06-01T09:00:00Z  enter      a_receipt/mail
+        2026-06-01T09:00:00Z  send       a_receipt/mail   email welcome to ada@example.com: "Welcome to Acme, Ada"
+        2026-06-01T09:00:00Z  enter      a_receipt/done
+        2026-06-01T09:00:00Z  exit       a_receipt/done   completed
+        2026-06-01T09:00:00Z  enter      b_promo/mail
+        2026-06-01T09:00:00Z  send       b_promo/mail     email welcome to ada@example.com: "Welcome to Acme, Ada"
+        2026-06-01T09:00:00Z  enter      b_promo/done
+        2026-06-01T09:00:00Z  exit       b_promo/done     completed
+        2026-06-01T09:00:00Z  enter      c_promo/mail
+        2026-06-01T09:00:00Z  held       c_promo/mail     email held until 2026-06-02T09:00:00Z (frequency cap)
+        2026-06-01T09:00:00Z  wait       c_promo/mail     until 2026-06-02T09:00:00Z (2026-06-02 09:00 UTC)
+        2026-06-02T09:00:00Z  enter      c_promo/mail
+        2026-06-02T09:00:00Z  send       c_promo/mail     email welcome to ada@example.com: "Welcome to Acme, Ada"
+        2026-06-02T09:00:00Z  enter      c_promo/done
+        2026-06-02T09:00:00Z  exit       c_promo/done     completed
+        "#);
+    }
+
+    #[test]
+    fn consent_withdrawn_while_an_email_waits_out_the_cap_stops_it() {
+        let t = text(&lines(
+            &inline(MAIL_ON_PING),
+            customer(ADA),
+            events(
+                "2026-06-01T09:00:00Z ping\n2026-06-01T10:00:00Z ping\n2026-06-01T11:00:00Z $profile consent={\"email\":false}",
+            ),
+            caps(&["email=1/1d"], "delay"),
+        ));
+        insta::assert_snapshot!(t, @r#"
+        2026-06-01T09:00:00Z  enter      mail
+        2026-06-01T09:00:00Z  send       mail             email welcome to ada@example.com: "Welcome to Acme, Ada"
+        2026-06-01T09:00:00Z  enter      done
+        2026-06-01T09:00:00Z  exit       done             completed
+        2026-06-01T10:00:00Z  enter      mail
+        2026-06-01T10:00:00Z  held       mail             email held until 2026-06-02T09:00:00Z (frequency cap)
+        2026-06-01T10:00:00Z  wait       mail             until 2026-06-02T09:00:00Z (2026-06-02 09:00 UTC)
+        2026-06-02T09:00:00Z  enter      mail
+        2026-06-02T09:00:00Z  suppressed mail             email not sent: no consent
+        2026-06-02T09:00:00Z  enter      done
+        2026-06-02T09:00:00Z  exit       done             completed
+        "#);
+    }
+
+    #[test]
+    fn a_send_to_a_suppressed_address_takes_no_place_under_the_cap() {
+        // Another customer's bounce put the shared address on the suppression list; Ada's
+        // first email is suppressed, she moves to an address of her own, and the next email
+        // goes at once: the suppressed one never left, so it took no place under the cap.
+        let shared = ADA.replace("ada@example.com", "shared@example.com");
+        let t = text(&lines(
+            &inline(MAIL_ON_PING),
+            customer(&shared),
+            events(
+                "2026-06-01T08:00:00Z $suppress email=shared@example.com\n2026-06-01T09:00:00Z ping\n2026-06-01T10:00:00Z $profile email=ada@example.com\n2026-06-01T11:00:00Z ping",
+            ),
+            caps(&["email=1/1d"], "delay"),
+        ));
+        insta::assert_snapshot!(t, @r#"
+        2026-06-01T09:00:00Z  enter      mail
+        2026-06-01T09:00:00Z  suppressed mail             email not sent: email: address suppressed (hard)
+        2026-06-01T09:00:00Z  enter      done
+        2026-06-01T09:00:00Z  exit       done             completed
+        2026-06-01T11:00:00Z  enter      mail
+        2026-06-01T11:00:00Z  send       mail             email welcome to ada@example.com: "Welcome to Acme, Ada"
+        2026-06-01T11:00:00Z  enter      done
+        2026-06-01T11:00:00Z  exit       done             completed
+        "#);
+    }
+}

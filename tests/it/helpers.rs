@@ -85,7 +85,7 @@ pub fn events(script: &str) -> Vec<Event> {
 /// The runtime plays the same script and must give the same timeline
 /// ([`crate::parity::played_both`]).
 pub fn timeline(wf: &Workflow, customer: Customer, events: Vec<Event>, options: Options) -> String {
-    let lines = crate::parity::played_both(wf, customer, events, options);
+    let lines = crate::parity::played_both(std::slice::from_ref(wf), customer, events, options);
     lines
         .iter()
         .map(|l| l.to_text().lines().next().unwrap_or_default().to_owned() + "\n")
@@ -99,7 +99,18 @@ pub fn lines(
     events: Vec<Event>,
     options: Options,
 ) -> Vec<simulate::Line> {
-    crate::parity::played_both(wf, customer, events, options)
+    crate::parity::played_both(std::slice::from_ref(wf), customer, events, options)
+}
+
+/// Runs the simulator on several workflows at once and returns the raw lines, each naming
+/// its workflow; the runtime must give the same.
+pub fn lines_of(
+    workflows: &[Workflow],
+    customer: Customer,
+    events: Vec<Event>,
+    options: Options,
+) -> Vec<simulate::Line> {
+    crate::parity::played_both(workflows, customer, events, options)
 }
 
 /// An RFC 3339 instant.

@@ -50,6 +50,18 @@ impl JourneyStore for Runtime {
     ) -> Result<Vec<CustomerId>, store::Error> {
         JourneyStore::customer_ids_after(&self.app.service.scheduler.store, after, limit).await
     }
+
+    async fn order_stats(&self) -> Result<Vec<trellis::traits::OrderStats>, store::Error> {
+        JourneyStore::order_stats(&self.app.service.scheduler.store).await
+    }
+
+    async fn write_traits(
+        &self,
+        traits: &[trellis::traits::Traits],
+        now: Timestamp,
+    ) -> Result<(), store::Error> {
+        JourneyStore::write_traits(&self.app.service.scheduler.store, traits, now).await
+    }
 }
 
 impl Stage for Runtime {
@@ -64,6 +76,15 @@ impl Stage for Runtime {
         now: Timestamp,
     ) -> Result<(), store::Error> {
         Stage::insert_event(&self.app.service.scheduler.store, customer, event, now).await
+    }
+
+    async fn patch_customer(
+        &self,
+        customer: &CustomerId,
+        patch: &trellis::model::CustomerPatch,
+        now: Timestamp,
+    ) -> Result<(), store::Error> {
+        Stage::patch_customer(&self.app.service.scheduler.store, customer, patch, now).await
     }
 
     async fn suppress(
@@ -95,9 +116,9 @@ impl Stage for Runtime {
 }
 
 /// The journal of the runtime playing the script, with the simulator's shell settings over
-/// `serve`'s catalog registration (the workflow recorded in the database).
+/// `serve`'s catalog registration (the workflows recorded in the database).
 async fn played_on_the_runtime(
-    workflow: &trellis::workflow::Workflow,
+    workflows: &[trellis::workflow::Workflow],
     customer: Customer,
     events: Vec<Event>,
     options: &Options,
@@ -109,7 +130,7 @@ async fn played_on_the_runtime(
     let store = &runtime.app.service.scheduler.store;
     let catalog = Catalog::register(
         store,
-        vec![workflow.clone()],
+        workflows.to_vec(),
         options.segments.clone(),
         bounds.0,
     )
@@ -117,12 +138,7 @@ async fn played_on_the_runtime(
     .expect("the workflow registers");
     let shell = Shell {
         catalog: Arc::new(catalog),
-        ..simulate::shell(
-            workflow,
-            Arc::new(crate::helpers::templates()),
-            options.policy.clone(),
-            options.segments.clone(),
-        )
+        ..simulate::shell(workflows, Arc::new(crate::helpers::templates()), options)
     };
     simulate::timeline(
         &runtime,
@@ -141,13 +157,13 @@ async fn played_on_the_runtime(
 /// # Panics
 /// When the two differ, naming the first line that does.
 pub fn played_both(
-    workflow: &trellis::workflow::Workflow,
+    workflows: &[trellis::workflow::Workflow],
     customer: Customer,
     events: Vec<Event>,
     options: Options,
 ) -> Vec<Line> {
     let simulated = simulate::run(
-        workflow,
+        workflows,
         Arc::new(crate::helpers::templates()),
         customer.clone(),
         events.clone(),
@@ -158,7 +174,7 @@ pub fn played_both(
         .enable_all()
         .build()
         .expect("a runtime starts")
-        .block_on(played_on_the_runtime(workflow, customer, events, &options));
+        .block_on(played_on_the_runtime(workflows, customer, events, &options));
     let json =
         |lines: &[Line]| -> Vec<String> { lines.iter().map(|l| l.to_json().to_string()).collect() };
     let (simulated_json, runtime_json) = (json(&simulated), json(&runtime));
@@ -187,7 +203,7 @@ fn a_difference_between_the_two_is_reported() {
     );
     let events = crate::helpers::events("2026-03-02T15:00:00Z signup");
     let simulated = simulate::run(
-        &workflow,
+        std::slice::from_ref(&workflow),
         Arc::new(crate::helpers::templates()),
         ada.clone(),
         events.clone(),
@@ -206,7 +222,7 @@ fn a_difference_between_the_two_is_reported() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(played_on_the_runtime(&workflow, ada, events, &capped));
+        .block_on(played_on_the_runtime(&[workflow], ada, events, &capped));
     assert_ne!(
         simulated.iter().map(Line::to_json).collect::<Vec<_>>(),
         runtime.iter().map(Line::to_json).collect::<Vec<_>>()

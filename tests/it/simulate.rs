@@ -513,3 +513,35 @@ fn a_scripted_event_for_a_defined_segment_is_shown_as_skipped_not_applied() {
     );
     assert!(!t.contains("send"), "{t}");
 }
+
+/// A segment over a computed trait, and a journey it starts.
+const LAPSING: &str =
+    "segments:\n  lapsing:\n    when: { attribute: { name: lifecycle, eq: at_risk } }\n";
+const CHECK_IN: &str = "id: check_in\nname: Check-in\ntrigger: { segment_entered: lapsing }\nentry: once\nstart: mail\nnodes:\n  mail: { send_email: { template: welcome, next: done } }\n  done: exit\n";
+
+#[test]
+fn the_sweep_computes_the_lifecycle_trait_and_a_segment_over_it_starts_a_journey() {
+    // One order on 1 March. The lifecycle trait (active within 90 days, at risk within 180)
+    // is recomputed by each daily sweep, as in `serve`; the sweep that first finds Ada at
+    // risk enters her in `lapsing`, and the journey starts. Nothing is scripted.
+    let (segments, problems) =
+        trellis::workflow::parse_segments(std::path::Path::new("segments.yaml"), LAPSING);
+    assert!(problems.is_empty(), "{problems:?}");
+    let t = timeline(
+        &inline(CHECK_IN),
+        customer(ADA),
+        events("2026-03-01T12:00:00Z order_completed value=40"),
+        Options {
+            until: Some(at("2026-06-10T00:00:00Z")),
+            segments,
+            segment_refresh: Some(std::time::Duration::from_secs(86_400)),
+            ..Options::default()
+        },
+    );
+    insta::assert_snapshot!(t, @r#"
+    2026-05-30T12:00:00Z  enter      mail
+    2026-05-30T12:00:00Z  send       mail             email welcome to ada@example.com: "Welcome to Acme, Ada"
+    2026-05-30T12:00:00Z  enter      done
+    2026-05-30T12:00:00Z  exit       done             completed
+    "#);
+}

@@ -574,6 +574,68 @@ async fn a_write_planned_on_an_old_version_is_skipped_whole<S: JourneyStore + St
     );
 }
 
+async fn orders_aggregate_and_unchanged_traits_leave_the_version_alone<S: JourneyStore + Stage>(
+    store: &S,
+    name: &str,
+) {
+    seed_ada(store, "2026-03-01T08:00:00Z").await;
+    let order = |value: serde_json::Value, when: &str| {
+        let mut e = event("order_completed", None, when);
+        e.properties.insert("value".into(), value);
+        e
+    };
+    for (value, when) in [
+        (serde_json::json!(20.5), "2026-03-02T08:00:00Z"),
+        (serde_json::json!("9.5"), "2026-03-03T08:00:00Z"),
+        (serde_json::json!("not a number"), "2026-03-04T08:00:00Z"),
+    ] {
+        store
+            .insert_event(&ada(), &order(value, when), at(when))
+            .await
+            .unwrap();
+    }
+    store
+        .insert_event(
+            &ada(),
+            &event("signup", None, "2026-03-05T08:00:00Z"),
+            at("2026-03-05T08:00:00Z"),
+        )
+        .await
+        .unwrap();
+    let stats = store.order_stats().await.unwrap();
+    assert_eq!(
+        stats,
+        [trellis::traits::OrderStats {
+            customer_id: "ada".into(),
+            orders: 3,
+            revenue: 30.0,
+            first_order: Some(at("2026-03-02T08:00:00Z")),
+            last_order: Some(at("2026-03-04T08:00:00Z")),
+        }],
+        "{name}"
+    );
+    let now = at("2026-03-10T08:00:00Z");
+    let traits = trellis::traits::compute(&stats, now, Default::default());
+    store.write_traits(&traits, now).await.unwrap();
+    let scored = load(store, &everything()).await;
+    let attributes = &scored.customer.as_ref().unwrap().attributes;
+    assert_eq!(
+        (attributes.get("lifecycle"), attributes.get("value_tier")),
+        // The only customer with revenue is in the top 1 %.
+        (
+            Some(&serde_json::json!("new")),
+            Some(&serde_json::json!("platinum"))
+        ),
+        "{name}: {attributes:?}"
+    );
+    store.write_traits(&traits, now).await.unwrap();
+    assert_eq!(
+        load(store, &everything()).await.version,
+        scored.version,
+        "{name}: the same traits again change nothing"
+    );
+}
+
 #[tokio::test]
 async fn every_store_answers_the_journey_port_alike() {
     on_every_store!(a_write_planned_on_an_old_version_is_skipped_whole);
@@ -584,6 +646,7 @@ async fn every_store_answers_the_journey_port_alike() {
     on_every_store!(a_due_occurrence_is_kept_when_rescheduled_and_handled_once);
     on_every_store!(segments_and_suppressions_load_as_written);
     on_every_store!(a_transaction_dropped_unfinished_writes_nothing);
+    on_every_store!(orders_aggregate_and_unchanged_traits_leave_the_version_alone);
 }
 
 /// A store that, the first time the drive loads customers, changes one of them right after
@@ -630,6 +693,18 @@ impl<S: JourneyStore + Stage> JourneyStore for ChangedWhilePlanning<&S> {
     ) -> Result<Vec<CustomerId>, trellis::store::Error> {
         self.inner.customer_ids_after(after, limit).await
     }
+
+    async fn order_stats(&self) -> Result<Vec<trellis::traits::OrderStats>, trellis::store::Error> {
+        self.inner.order_stats().await
+    }
+
+    async fn write_traits(
+        &self,
+        traits: &[trellis::traits::Traits],
+        now: Timestamp,
+    ) -> Result<(), trellis::store::Error> {
+        self.inner.write_traits(traits, now).await
+    }
 }
 
 async fn an_opt_out_made_while_the_scheduler_plans_stops_the_send<S: JourneyStore + Stage>(
@@ -654,10 +729,9 @@ async fn an_opt_out_made_while_the_scheduler_plans_stops_the_send<S: JourneyStor
     };
     let workflow = crate::helpers::example("welcome_series");
     let shell = trellis::simulate::shell(
-        &workflow,
+        &[workflow],
         std::sync::Arc::new(crate::helpers::templates()),
-        Default::default(),
-        Vec::new(),
+        &Default::default(),
     );
     let nothing = |_: &trellis::journey::TickReport| {};
     let mut sink = trellis::journey::Sink {

@@ -80,7 +80,8 @@ impl Store {
     }
 
     /// Writes computed traits into the customers' attributes (`rfm`, `value_tier`,
-    /// `lifecycle`), a batch per transaction.
+    /// `lifecycle`), a batch per transaction; a profile that already holds them is not
+    /// rewritten (its version stays).
     ///
     /// # Errors
     /// On a database error.
@@ -97,7 +98,10 @@ impl Store {
                     "UPDATE customers SET updated_at = ?5, profile = CASE WHEN ?2 IS NULL
                         THEN json_set(json_remove(profile, '$.attributes.rfm'), '$.attributes.value_tier', ?3, '$.attributes.lifecycle', ?4)
                         ELSE json_set(profile, '$.attributes.rfm', json(?2), '$.attributes.value_tier', ?3, '$.attributes.lifecycle', ?4) END
-                     WHERE id = ?1",
+                     WHERE id = ?1
+                       AND (json_extract(profile, '$.attributes.value_tier') IS NOT ?3
+                         OR json_extract(profile, '$.attributes.lifecycle') IS NOT ?4
+                         OR json_extract(profile, '$.attributes.rfm') IS NOT json(?2))",
                 )
                 .bind(&t.customer_id)
                 .bind(if rfm.is_null() { None } else { Some(rfm.to_string()) })

@@ -196,6 +196,18 @@ impl crate::store::JourneyStore for Store {
     ) -> Result<Vec<CustomerState>, Error> {
         Store::load_customers(self, ids, spec).await
     }
+
+    async fn order_stats(&self) -> Result<Vec<crate::traits::OrderStats>, Error> {
+        Store::order_stats(self).await
+    }
+
+    async fn write_traits(
+        &self,
+        traits: &[crate::traits::Traits],
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        Store::write_traits(self, traits, now).await
+    }
 }
 
 impl crate::store::JourneyTx for Tx {
