@@ -293,6 +293,33 @@ mod tests {
     use crate::store::testing::temp_store;
 
     #[tokio::test]
+    async fn a_locked_sqlite_database_is_an_error_that_passes() {
+        use sqlx::Connection;
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("t.db"))
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::ZERO);
+        let mut holder = SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::query("CREATE TABLE t (x)")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let mut other = SqliteConnection::connect_with(&options).await.unwrap();
+        let source = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        let err = crate::store::Error::Query { what: "x", source };
+        assert!(err.is_unavailable(), "{err:?}");
+    }
+
+    #[tokio::test]
     async fn a_second_writer_waits_at_the_gate_until_the_first_commits() {
         let (store, _dir) = temp_store().await;
         let first = store.begin().await.unwrap();
