@@ -98,8 +98,52 @@ pub struct Channels {
     pub sms: Option<SmsSink>,
     /// Webhooks.
     pub webhook: webhook::WebhookChannel,
-    /// Concurrent attempts per channel: email, SMS, webhook.
+    /// Concurrent attempts per channel: email, SMS, webhook (indexed by [`Lane`]).
     pub limits: [Arc<Semaphore>; 3],
+}
+
+/// The channels as the dispatcher schedules them, each with its own concurrency limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Email.
+    Email,
+    /// SMS.
+    Sms,
+    /// Webhooks (and payloads with nothing to deliver, which fail at once).
+    Webhook,
+}
+
+impl Lane {
+    /// Every lane, in the order of [`Channels::limits`].
+    pub const ALL: [Lane; 3] = [Lane::Email, Lane::Sms, Lane::Webhook];
+
+    /// The lane a payload is delivered in.
+    pub fn of(payload: &Payload) -> Lane {
+        match payload {
+            Payload::Email { .. } => Lane::Email,
+            Payload::Sms { .. } => Lane::Sms,
+            Payload::Webhook { .. } | Payload::None => Lane::Webhook,
+        }
+    }
+
+    /// The lane's messages as stored (`messages.channel`, [`Payload::channel_name`]).
+    /// Messages stored with nothing to deliver (`none`) are never pending, so no lane
+    /// claims them.
+    pub fn channel_name(self) -> &'static str {
+        match self {
+            Lane::Email => "email",
+            Lane::Sms => "sms",
+            Lane::Webhook => "webhook",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Lane::Email => 0,
+            Lane::Sms => 1,
+            Lane::Webhook => 2,
+        }
+    }
 }
 
 impl Channels {
@@ -107,11 +151,12 @@ impl Channels {
     /// before the attempt until its outcome is recorded, so at most this many messages per
     /// channel are ever between "sent" and "recorded as sent".
     pub fn limit_for(&self, payload: &Payload) -> &Arc<Semaphore> {
-        match payload {
-            Payload::Email { .. } => &self.limits[0],
-            Payload::Sms { .. } => &self.limits[1],
-            Payload::Webhook { .. } | Payload::None => &self.limits[2],
-        }
+        self.limit(Lane::of(payload))
+    }
+
+    /// A lane's concurrency limit (see [`Channels::limit_for`]).
+    pub fn limit(&self, lane: Lane) -> &Arc<Semaphore> {
+        &self.limits[lane.index()]
     }
 
     /// Makes one delivery attempt. The caller holds the channel's permit ([`Channels::limit_for`]).
@@ -219,6 +264,34 @@ pub fn http_error(err: &reqwest::Error, what: &str) -> DeliveryError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_deliverable_payload_is_claimed_in_the_lane_it_is_delivered_in() {
+        let payloads = [
+            Payload::Email {
+                to: "a@example.com".into(),
+                from: None,
+                reply_to: None,
+                subject: String::new(),
+                html: String::new(),
+                text: String::new(),
+                unsubscribe: String::new(),
+            },
+            Payload::Sms {
+                to: "+14155550101".into(),
+                body: String::new(),
+            },
+            Payload::Webhook {
+                method: "POST".into(),
+                url: "https://example.com/".into(),
+                headers: Vec::new(),
+                body: None,
+            },
+        ];
+        for payload in payloads {
+            assert_eq!(Lane::of(&payload).channel_name(), payload.channel_name());
+        }
+    }
 
     #[test]
     fn a_request_that_cannot_be_built_is_a_permanent_failure() {

@@ -9,6 +9,7 @@ mod clock_jumps;
 mod controls;
 mod crash;
 mod delivery_faults;
+mod dispatch;
 mod engine;
 mod engine_props;
 mod faults;

@@ -169,6 +169,29 @@ impl Store {
         Ok(row.get::<Option<i64>, _>(0).map(from_millis))
     }
 
+    /// The earliest pending attempt of one channel's messages (`messages.channel`), for the
+    /// continuous dispatcher's sleep while that channel has room.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn next_attempt_of(&self, channel: &str) -> Result<Option<Timestamp>, Error> {
+        let row = sqlx::query(
+            // In `messages_due_by_channel` order, stopping at the first row of a running
+            // workflow (a MIN over the join would read every pending message).
+            "SELECT m.next_attempt_at FROM messages m JOIN workflows w ON w.id = m.workflow_id
+             WHERE m.status = 'pending' AND m.channel = ?1 AND m.next_attempt_at IS NOT NULL
+               AND w.paused = 0
+             ORDER BY m.next_attempt_at LIMIT 1",
+        )
+        .bind(channel)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query("finding a channel's next attempt"))?;
+        Ok(row
+            .and_then(|r| r.get::<Option<i64>, _>(0))
+            .map(from_millis))
+    }
+
     /// Every stored workflow version: `(workflow id, version, YAML text, path)`.
     ///
     /// # Errors
