@@ -78,8 +78,9 @@ pub struct ServeConfig {
     /// SMTP server, e.g. `smtp://user:pass@host:587` (STARTTLS) or `smtps://…` (TLS).
     #[arg(long, env = "TRELLIS_SMTP_URL")]
     pub smtp_url: Option<Secret>,
-    /// SMTP connections in the pool.
-    #[arg(long, env = "TRELLIS_SMTP_POOL", default_value_t = 8)]
+    /// SMTP connections in the pool: as many as the email channel's concurrency by default,
+    /// so no delivery that holds a permit waits for a connection.
+    #[arg(long, env = "TRELLIS_SMTP_POOL", default_value_t = 16)]
     pub smtp_pool: u32,
     /// Default sender, e.g. `Acme <news@acme.example>`.
     #[arg(

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -84,6 +86,12 @@ struct Pipeline {
     recorder: JoinHandle<Result<(), store::Error>>,
     deliveries: JoinSet<Option<AttemptOutcome>>,
     report: DrainReport,
+    /// Per lane, the deliveries waiting for a permit (claimed, not yet attempted).
+    waiting: Arc<[AtomicUsize; 3]>,
+    /// Cancelled when the dispatcher stops: a delivery still waiting for its permit then
+    /// gives up without an attempt and leaves its key in `unsent`.
+    stop: CancellationToken,
+    unsent: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Pipeline {
@@ -101,42 +109,67 @@ impl Pipeline {
             recorder,
             deliveries: JoinSet::new(),
             report: DrainReport::default(),
+            waiting: Arc::default(),
+            stop: CancellationToken::new(),
+            unsent: Arc::default(),
         }
     }
 
-    /// Delivers `message` with `permit`, already taken from its channel's limit, held
-    /// until the outcome is recorded. `now` is when the message was claimed.
-    fn deliver(&mut self, message: OutboxMessage, permit: OwnedSemaphorePermit, now: Timestamp) {
-        let span = delivery_span(&message);
-        let attempt = attempt(
-            self.ctx.clone(),
-            message,
-            permit,
-            now,
-            self.finished.clone(),
-        );
-        self.deliveries.spawn(attempt.instrument(span));
-    }
-
-    /// Delivers `message` once its channel has room (see [`Pipeline::deliver`]).
+    /// Delivers `message` once its channel has a free permit, which it holds until the
+    /// outcome is recorded (the permits are handed out in turn, so a freed one goes
+    /// straight to the next waiting delivery, whatever the claimer is doing). `now` is when
+    /// the message was claimed.
     fn deliver_when_free(&mut self, message: OutboxMessage, now: Timestamp) {
         let span = delivery_span(&message);
         let ctx = self.ctx.clone();
         let finished = self.finished.clone();
-        let limit = Arc::clone(ctx.channels.limit_for(&message.payload));
+        let lane = Lane::of(&message.payload);
+        let limit = Arc::clone(ctx.channels.limit(lane));
+        let waiting = Arc::clone(&self.waiting);
+        let (stop, unsent) = (self.stop.clone(), Arc::clone(&self.unsent));
+        waiting[lane.index()].fetch_add(1, Ordering::Relaxed);
         self.deliveries.spawn(
             async move {
-                // A closed limit (never, today) leaves the message `sending` until restart.
-                let permit = limit.acquire_owned().await.ok()?;
+                // Stopping wins over a permit freed at the same moment: nothing new starts.
+                let permit = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => None,
+                    permit = limit.acquire_owned() => permit.ok(),
+                };
+                waiting[lane.index()].fetch_sub(1, Ordering::Relaxed);
+                let Some(permit) = permit else {
+                    // Stopping (or a closed limit, never today): not attempted.
+                    unsent
+                        .lock()
+                        .expect("never held across a panic")
+                        .push(message.key);
+                    return None;
+                };
                 attempt(ctx, message, permit, now, finished).await
             }
             .instrument(span),
         );
     }
 
+    /// Deliveries of `lane` claimed and still waiting for a permit.
+    fn waiting(&self, lane: Lane) -> usize {
+        self.waiting[lane.index()].load(Ordering::Relaxed)
+    }
+
     /// Deliveries started and not yet ended.
     fn in_flight(&self) -> usize {
         self.deliveries.len()
+    }
+
+    /// Stops the deliveries still waiting for a permit; those attempting go on.
+    fn stop_waiting(&self) {
+        self.stop.cancel();
+    }
+
+    /// The keys of the claimed messages that were never attempted (after
+    /// [`Pipeline::stop_waiting`] and [`Pipeline::finish`]).
+    fn unsent(&self) -> Arc<std::sync::Mutex<Vec<String>>> {
+        Arc::clone(&self.unsent)
     }
 
     /// Waits until a delivery ends, then counts it and every other that has ended by then,
@@ -259,26 +292,26 @@ pub async fn drain(ctx: &DispatchCtx, now: Timestamp) -> Result<DrainReport, sto
     pipeline.finish().await
 }
 
-/// Commits outcomes as they arrive, each transaction taking everything queued by then, at
-/// the time of the commit. Returns the first database error; later groups are still tried.
+/// Commits outcomes as they arrive. A group is closed only once its transaction holds the
+/// write lock: every attempt that ended while the recorder waited for it (behind a
+/// scheduler batch, say) goes into the same commit, so the busier the database, the fewer
+/// and larger the commits — and, since each delivery keeps its permit until its outcome is
+/// committed, the sooner the permits come back. Outcomes are written at the time of the
+/// commit. Returns the first database error; later groups are still tried.
 async fn record(
     store: Store,
     clock: Arc<dyn Clock>,
     mut finished: mpsc::UnboundedReceiver<Finished>,
 ) -> Result<(), store::Error> {
-    const MAX_GROUP: usize = 500;
     let mut first_error = None;
     let mut group = Vec::new();
-    while finished.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let outcomes: Vec<_> = group
-            .iter()
-            .map(|f| (f.key.clone(), f.attempt, f.outcome.clone()))
-            .collect();
-        let recorded = record_until_written(&store, &*clock, &outcomes).await;
+    while let Some(first) = finished.recv().await {
+        group.push(first);
+        let recorded = record_until_written(&store, &*clock, &mut finished, &mut group).await;
         let ok = recorded.is_ok();
         if let Err(err) = recorded {
             // The recorder of `run` lives as long as the process: say so now, not at the end.
-            error!(error = %crate::scheduler::error_chain(&err), outcomes = outcomes.len(),
+            error!(error = %crate::scheduler::error_chain(&err), outcomes = group.len(),
                 "Recording delivery outcomes failed; the messages stay `sending` until the next start.");
             first_error = first_error.or(Some(err));
         }
@@ -289,21 +322,40 @@ async fn record(
     first_error.map_or(Ok(()), Err)
 }
 
-/// Records outcomes, trying again while the database cannot take them for a reason that
-/// passes (disk full, locked, the write gate busy): an outcome not recorded would leave its
-/// message `sending` until the next start, which sends it again. The deliveries keep their
-/// channel permits meanwhile, so no more go out than can be recorded. Outcome writes are
-/// idempotent (keyed by message and attempt), so a retry after an unclear failure is safe.
+/// The most outcomes one commit takes.
+const MAX_GROUP: usize = 500;
+
+/// Records `group`, and whatever else has ended by the time the write lock is held, trying
+/// again while the database cannot take them for a reason that passes (disk full, locked,
+/// the write gate busy): an outcome not recorded would leave its message `sending` until
+/// the next start, which sends it again. The deliveries keep their channel permits
+/// meanwhile, so no more go out than can be recorded. Outcome writes are idempotent (keyed
+/// by message and attempt), so a retry after an unclear failure is safe.
 async fn record_until_written(
     store: &Store,
     clock: &dyn Clock,
-    outcomes: &[(String, u32, AttemptOutcome)],
+    finished: &mut mpsc::UnboundedReceiver<Finished>,
+    group: &mut Vec<Finished>,
 ) -> Result<(), store::Error> {
     let mut pause = Duration::from_millis(100);
     loop {
-        match store.record_attempts(outcomes, clock.now()).await {
+        let written = async {
+            let mut tx = store.begin().await?;
+            while group.len() < MAX_GROUP {
+                let Ok(more) = finished.try_recv() else { break };
+                group.push(more);
+            }
+            let outcomes: Vec<_> = group
+                .iter()
+                .map(|f| (f.key.clone(), f.attempt, f.outcome.clone()))
+                .collect();
+            tx.record_attempts(&outcomes, clock.now()).await?;
+            tx.commit().await
+        }
+        .await;
+        match written {
             Err(err) if err.is_unavailable() => {
-                warn!(error = %crate::scheduler::error_chain(&err), outcomes = outcomes.len(),
+                warn!(error = %crate::scheduler::error_chain(&err), outcomes = group.len(),
                     "Recording delivery outcomes failed for now; trying again.");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
@@ -314,32 +366,28 @@ async fn record_until_written(
 }
 
 /// The longest the claimer sleeps without a delivery ending or a nudge: it looks again at
-/// least this often (a clock moved by hand, a message due in a lane that has room).
+/// least this often (a clock moved by hand, a retry come due).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
-
-/// The shortest sleep when a message looked due but nothing could be claimed (another
-/// writer took it meanwhile): enough not to spin.
-const MIN_SLEEP: Duration = Duration::from_millis(20);
 
 /// Delivers continuously until `shutdown`: a pipeline, not rounds.
 ///
-/// One recorder group-commits the outcomes (as in [`drain`]); the claimer keeps every
-/// channel's deliveries topped up. Whenever deliveries end (their permits come back with
-/// their commit), a nudge arrives, or the next attempt is due, it takes each channel's
-/// *free permits* (at most `batch_size`) and claims that many of the channel's own due
-/// messages, one transaction for all channels, each message delivered with one of the
-/// permits taken for it.
+/// One recorder group-commits the outcomes (as in [`drain`]); each claimed message waits
+/// for a permit of its channel and is attempted the moment one is free, so a delivery that
+/// ends hands its permit straight to the next, whatever the claimer is doing. A claim is a
+/// write transaction and waits for the database's one write lock behind the scheduler's
+/// batches, so the claimer claims ahead ([`Lanes`]): up to `batch_size` of a channel's own
+/// due messages at once, and again when fewer than half of that still wait — one claim
+/// feeds about a hundred deliveries, not the handful a committed group of outcomes frees.
+/// Channels are claimed separately, so a backlog of emails never keeps a due SMS or webhook
+/// waiting, and one slow webhook holds only its own permit.
 ///
-/// Why free permits bound the claim: a message is only claimed when it can go out at once,
-/// so nothing sits `sending` waiting for a permit (a crash or stop leaves at most the
-/// channel's concurrency of messages `sending`, each of them on the wire); and channels are
-/// claimed separately, so a backlog of emails never keeps a due SMS or webhook waiting, and
-/// one slow webhook holds only its own permit. Permits come back a committed group at a
-/// time, so one claim tops up for a whole group.
-///
-/// On `shutdown` it stops claiming, lets the deliveries in flight end and their outcomes be
-/// recorded, then returns. Claimed messages whose outcome could not be recorded stay
-/// `sending` and are released at the next start.
+/// Each delivery takes its permit before its attempt and keeps it until its outcome is
+/// committed, so at most the channel's concurrency of messages are ever accepted by a
+/// provider but not yet recorded — the crash guarantee. Queued messages are `sending`
+/// without being on the wire: after a crash the next start releases them (nothing of them
+/// was sent, so nothing is duplicated); on `shutdown` the claimer stops claiming and
+/// starting, lets the deliveries in flight end and be recorded, and puts the queued ones
+/// back to `pending` at once.
 pub async fn run(
     ctx: DispatchCtx,
     clock: Arc<dyn Clock>,
@@ -347,29 +395,37 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut pipeline = Pipeline::start(&ctx);
+    let mut lanes = Lanes::default();
     while !shutdown.is_cancelled() {
         let now = clock.now();
-        let wait = match top_up(&ctx, &mut pipeline, now).await {
-            Ok(claimed) => next_wait(&ctx, now, claimed).await,
-            Err(err) => {
-                error!(error = %crate::scheduler::error_chain(&err), "Claiming messages failed; retrying.");
-                MAX_SLEEP
-            }
-        };
+        if let Err(err) = lanes.refill(&ctx, &mut pipeline, now).await {
+            error!(error = %crate::scheduler::error_chain(&err), "Claiming messages failed; retrying.");
+            lanes.rest_all(now);
+        }
+        let wait = lanes.wait(now);
         let in_flight = pipeline.in_flight() > 0;
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = pipeline.reap(), if in_flight => {}
-            () = nudge.notified() => {}
+            () = nudge.notified() => lanes.wake(),
             () = tokio::time::sleep(wait) => {}
         }
     }
-    let in_flight = pipeline.in_flight();
     info!(
-        in_flight,
+        in_flight = pipeline.in_flight(),
         "The dispatcher is stopping: the deliveries in flight end and are recorded."
     );
-    match pipeline.finish().await {
+    pipeline.stop_waiting();
+    let unsent = pipeline.unsent();
+    let finished = pipeline.finish().await;
+    let keys = std::mem::take(&mut *unsent.lock().expect("never held across a panic"));
+    if !keys.is_empty()
+        && let Err(err) = ctx.store.release_claims(&keys).await
+    {
+        warn!(error = %crate::scheduler::error_chain(&err), queued = keys.len(),
+            "Putting the claimed messages not yet sent back failed; the next start does it.");
+    }
+    match finished {
         Ok(report) => info!(
             sent = report.sent,
             retried = report.retried,
@@ -381,75 +437,117 @@ pub async fn run(
     }
 }
 
-/// Claims, for every lane with room, as many of its due messages as it has free permits
-/// (at most `batch_size`) and starts delivering each with one of them; the permits left
-/// over go back. Returns how many messages were claimed.
-async fn top_up(
-    ctx: &DispatchCtx,
-    pipeline: &mut Pipeline,
-    now: Timestamp,
-) -> Result<usize, store::Error> {
-    let permits = Lane::ALL.map(|lane| free_permits(ctx.channels.limit(lane), ctx.batch_size));
-    if permits.iter().all(Vec::is_empty) {
-        return Ok(0);
-    }
-    let limits: Vec<(&str, u32)> = Lane::ALL
-        .iter()
-        .zip(&permits)
-        .map(|(lane, free)| {
-            let free = u32::try_from(free.len()).unwrap_or(u32::MAX);
-            (lane.channel_name(), free)
-        })
-        .collect();
-    let claimed = ctx.store.claim_messages_per_channel(now, &limits).await?;
-    let total = claimed.iter().map(Vec::len).sum();
-    if total > 0 {
-        crate::crash_point::crash_point("after_claim");
-    }
-    for (messages, mut permits) in claimed.into_iter().zip(permits) {
-        for message in messages {
-            let permit = permits
-                .pop()
-                .expect("a lane claims no more messages than it has permits");
-            pipeline.deliver(message, permit, now);
-        }
-    }
-    Ok(total)
+/// What the claimer knows of each lane's due messages.
+#[derive(Default)]
+struct Lanes {
+    /// `Some(t)`: the lane's last claim came up short, so nothing more is due before `t`
+    /// (its next attempt, or a second later) unless a nudge says new messages came.
+    rest_until: [Option<Timestamp>; 3],
 }
 
-/// Takes every permit `limit` has free, at most `most`.
-fn free_permits(limit: &Arc<Semaphore>, most: u32) -> Vec<OwnedSemaphorePermit> {
-    std::iter::from_fn(|| Arc::clone(limit).try_acquire_owned().ok())
-        .take(usize::try_from(most).unwrap_or(usize::MAX))
-        .collect()
-}
-
-/// How long the claimer may sleep if no delivery ends and no nudge comes: until the next
-/// attempt due in a lane that has room, at most [`MAX_SLEEP`]. A lane without room needs
-/// no timer: its deliveries ending wake the claimer.
-async fn next_wait(ctx: &DispatchCtx, now: Timestamp, claimed: usize) -> Duration {
-    let mut wait = MAX_SLEEP;
-    for lane in Lane::ALL {
-        if ctx.channels.limit(lane).available_permits() == 0 {
-            continue;
-        }
-        match ctx.store.next_attempt_of(lane.channel_name()).await {
-            Ok(Some(at)) => {
-                let until = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
-                wait = wait.min(until);
+impl Lanes {
+    /// Claims for every lane with at most half of `batch_size` waiting and that may have
+    /// messages due, in one transaction, and hands them to `pipeline`; a lane that gets
+    /// fewer than it asked for rests until its next attempt.
+    async fn refill(
+        &mut self,
+        ctx: &DispatchCtx,
+        pipeline: &mut Pipeline,
+        now: Timestamp,
+    ) -> Result<(), store::Error> {
+        let batch = ctx.batch_size.max(1) as usize;
+        let mut wants = [0_u32; 3];
+        for lane in Lane::ALL {
+            let i = lane.index();
+            let waiting = pipeline.waiting(lane);
+            if waiting > batch / 2 || self.rest_until[i].is_some_and(|t| t > now) {
+                continue;
             }
-            Ok(None) => {}
+            // Resting ended or never began: a read (no write lock) says whether to claim.
+            if self.rest_until[i].take().is_some() && !self.due(ctx, lane, now).await? {
+                continue;
+            }
+            wants[i] = u32::try_from(batch - waiting).unwrap_or(u32::MAX);
+        }
+        if wants.iter().all(|w| *w == 0) {
+            return Ok(());
+        }
+        let limits: Vec<(&str, u32)> = Lane::ALL
+            .iter()
+            .map(|lane| (lane.channel_name(), wants[lane.index()]))
+            .collect();
+        let claimed = ctx.store.claim_messages_per_channel(now, &limits).await?;
+        if claimed.iter().any(|c| !c.is_empty()) {
+            crate::crash_point::crash_point("after_claim");
+        }
+        for (lane, messages) in Lane::ALL.into_iter().zip(claimed) {
+            let i = lane.index();
+            if wants[i] > 0 && messages.len() < wants[i] as usize {
+                self.rest_until[i] = Some(self.next_look(ctx, lane, now).await);
+            }
+            for message in messages {
+                pipeline.deliver_when_free(message, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `lane` has a message due at `now`; when not, it rests until its next one.
+    async fn due(
+        &mut self,
+        ctx: &DispatchCtx,
+        lane: Lane,
+        now: Timestamp,
+    ) -> Result<bool, store::Error> {
+        match ctx.store.next_attempt_of(lane.channel_name()).await? {
+            Some(at) if at <= now => Ok(true),
+            next => {
+                self.rest_until[lane.index()] = Some(rest_end(next, now));
+                Ok(false)
+            }
+        }
+    }
+
+    /// When a lane whose claim came up short should look again.
+    async fn next_look(&self, ctx: &DispatchCtx, lane: Lane, now: Timestamp) -> Timestamp {
+        match ctx.store.next_attempt_of(lane.channel_name()).await {
+            Ok(next) => rest_end(next, now),
             Err(err) => {
                 warn!(error = %crate::scheduler::error_chain(&err), "Finding the next attempt failed.");
+                rest_end(None, now)
             }
         }
     }
-    // Due now in a lane with room: more than one claim's worth was due, so claim again at
-    // once — unless this pass claimed nothing (another writer took the message meanwhile),
-    // which must not spin.
-    if wait.is_zero() && claimed == 0 {
-        MIN_SLEEP
-    } else {
-        wait
+
+    /// How long the claimer may sleep when no delivery ends and no nudge comes: until the
+    /// first resting lane's next look, at most [`MAX_SLEEP`]. A lane that is not resting
+    /// needs no timer: its deliveries ending wake the claimer.
+    fn wait(&self, now: Timestamp) -> Duration {
+        self.rest_until
+            .iter()
+            .flatten()
+            .map(|t| Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO))
+            .fold(MAX_SLEEP, Duration::min)
     }
+
+    /// A nudge: new messages may be due on any resting lane, which looks again (with a
+    /// read first, so a nudge for one channel costs the others no write transaction).
+    fn wake(&mut self) {
+        for rest in self.rest_until.iter_mut().flatten() {
+            *rest = Timestamp::MIN;
+        }
+    }
+
+    /// After a failed claim: every lane looks again a second later.
+    fn rest_all(&mut self, now: Timestamp) {
+        self.rest_until = [Some(rest_end(None, now)); 3];
+    }
+}
+
+/// The end of a rest: the next attempt when it is within [`MAX_SLEEP`], else a second on.
+fn rest_end(next: Option<Timestamp>, now: Timestamp) -> Timestamp {
+    let cap = now
+        .checked_add(jiff::SignedDuration::try_from(MAX_SLEEP).unwrap_or_default())
+        .unwrap_or(now);
+    next.map_or(cap, |at| at.clamp(now, cap))
 }

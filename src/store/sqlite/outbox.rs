@@ -17,6 +17,25 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Puts claimed messages that were never attempted back to `pending` (the dispatcher's
+    /// queue when it stops). Returns how many.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn release_claims(&self, keys: &[String]) -> Result<u64, Error> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE messages SET status = 'pending'
+             WHERE key IN (SELECT value FROM json_each(?1)) AND status = 'sending'",
+        )
+        .bind(serde_json::Value::from(keys.to_vec()).to_string())
+        .execute(&mut *tx.tx)
+        .await
+        .map_err(query("releasing claimed messages"))?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
     /// Claims up to `limit` messages due at `now` whose workflow is not paused, marking them
     /// `sending`.
     ///
@@ -92,13 +111,30 @@ impl Store {
         Ok(groups)
     }
 
-    /// Records the outcomes of a batch of attempts, each as an `attempts` row plus the
-    /// message's new status.
+    /// Records the outcomes of a batch of attempts in a transaction of its own
+    /// ([`Tx::record_attempts`]).
     ///
     /// # Errors
     /// On a database error.
     pub async fn record_attempts(
         &self,
+        outcomes: &[(String, u32, AttemptOutcome)],
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let mut tx = self.begin().await?;
+        tx.record_attempts(outcomes, now).await?;
+        tx.commit().await
+    }
+}
+
+impl Tx {
+    /// Records the outcomes of a batch of attempts, each as an `attempts` row plus the
+    /// message's new status, in five multi-row statements whatever the batch's size.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn record_attempts(
+        &mut self,
         outcomes: &[(String, u32, AttemptOutcome)],
         now: Timestamp,
     ) -> Result<(), Error> {
@@ -146,7 +182,6 @@ impl Store {
                 }
             }
         }
-        let mut tx = self.begin().await?;
         let now_ms = millis(now);
         for (rows, sql, what) in [
             (
@@ -200,11 +235,11 @@ impl Store {
             sqlx::query(sql)
                 .bind(serde_json::to_string(rows).expect("JSON values always serialize"))
                 .bind(now_ms)
-                .execute(&mut *tx.tx)
+                .execute(&mut *self.tx)
                 .await
                 .map_err(query(what))?;
         }
-        tx.commit().await
+        Ok(())
     }
 }
 
