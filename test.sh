@@ -8,8 +8,13 @@
 #   aiosmtpd (the real SMTP server the email tests deliver to) and schemathesis (the API
 #   contract check), pinned in tests/support/requirements.txt;
 # - Debian's kannel and kannel-extras (a real SMS gateway and its fake SMS centre), postfix
-#   (smtp-sink and smtp-source for the benchmark smoke run) and libfaketime (the wall clock
-#   jumping under a running server), through apt-get, as root or sudo.
+#   (smtp-sink and smtp-source for the benchmark smoke run), libfaketime (the wall clock
+#   jumping under a running server) and postgresql (the PostgreSQL backend's tests), through
+#   apt-get, as root or sudo;
+# - a throwaway PostgreSQL cluster (tests/support/postgres.sh: initdb and pg_ctl as an
+#   unprivileged user, a temporary folder, 127.0.0.1 on a free port), its URL exported as
+#   TRELLIS_TEST_POSTGRES_URL and the cluster stopped when this script exits, however it
+#   exits. With TRELLIS_TEST_POSTGRES_URL already set, that database is used instead.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,6 +26,7 @@ need_apt=()
 [ -x /usr/lib/kannel/test/fakesmsc ] || need_apt+=(kannel-extras)
 [ -x /usr/sbin/smtp-sink ] || need_apt+=(postfix)
 compgen -G "/usr/lib/*/faketime/libfaketime.so.1" > /dev/null || need_apt+=(libfaketime)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null || need_apt+=(postgresql)
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_apt[*]}"
@@ -49,6 +55,15 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$stamp"; then
 fi
 export TRELLIS_TEST_PYTHON="$venv/bin/python"
 export PATH="$venv/bin:$PATH"
+
+# --- a throwaway PostgreSQL cluster ---------------------------------------------------------
+if [ -z "${TRELLIS_TEST_POSTGRES_URL:-}" ]; then
+  say "starting a throwaway PostgreSQL cluster"
+  # Armed before the start, so a cluster that half-started is stopped too.
+  trap 'tests/support/postgres.sh stop' EXIT
+  TRELLIS_TEST_POSTGRES_URL=$(tests/support/postgres.sh start)
+fi
+export TRELLIS_TEST_POSTGRES_URL
 
 # --- the tests ------------------------------------------------------------------------------
 say "cargo test"
