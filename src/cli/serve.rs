@@ -212,7 +212,11 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             store: store.clone(),
             channels,
             policy: RetryPolicy::default(),
-            batch_size: 200,
+            // A claim is a write transaction behind the scheduler's: the fewer, the better
+            // (end to end at N = 100,000: 528 customers/s claiming 200 ahead, 909 with 500,
+            // 1,159 with 1,000). Claimed messages wait `sending` for a permit; a crash
+            // releases them at the next start unsent, so the duplicate bound is unchanged.
+            batch_size: 1000,
             clock: clock.clone(),
         },
         api: AppState {
