@@ -86,26 +86,29 @@ fn validate_reports_every_format_error_of_one_file_in_one_run() {
     "#);
 }
 
-#[test]
-fn simulate_prints_json_lines_with_the_documented_fields() {
-    let out = trellis(&[
-        "simulate",
-        "workflows/cart_abandonment.yaml",
-        "--customer",
-        "examples/customers/ada.json",
-        "--events",
-        "examples/events/cart_abandoned.ndjson",
-        "--json",
-    ]);
+/// `trellis simulate ARGS --json`, which must succeed, as one JSON value a line.
+fn simulate_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = trellis(&[&["simulate"], args, &["--json"]].concat());
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<serde_json::Value> = stdout(&out)
+    stdout(&out)
         .lines()
         .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn simulate_prints_json_lines_with_the_documented_fields() {
+    let lines = simulate_json(&[
+        "workflows/cart_abandonment.yaml",
+        "--customer",
+        "examples/customers/ada.json",
+        "--events",
+        "examples/events/cart_abandoned.ndjson",
+    ]);
     for line in &lines {
         for field in ["at", "node", "kind"] {
             assert!(line.get(field).is_some(), "{line} lacks {field}");
@@ -140,25 +143,14 @@ fn simulate_prints_json_lines_with_the_documented_fields() {
 
 #[test]
 fn simulate_plays_several_workflows_and_names_each_lines_workflow() {
-    let out = trellis(&[
-        "simulate",
+    let lines = simulate_json(&[
         "workflows/welcome_series.yaml",
         "workflows/cart_abandonment.yaml",
         "--customer",
         "examples/customers/ada.json",
         "--events",
         "examples/events/signup.ndjson",
-        "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect();
     assert!(!lines.is_empty());
     assert!(
         lines.iter().all(|l| l["workflow"] == "welcome_series"),

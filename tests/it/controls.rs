@@ -475,16 +475,24 @@ mod through_both {
             .collect()
     }
 
+    /// The timeline of `MAIL_ON_PING` for `customer_json` playing `script` under `cap`.
+    fn mail_on_ping(customer_json: &str, script: &str, cap: &str, mode: &str) -> String {
+        text(&lines(
+            &inline(MAIL_ON_PING),
+            customer(customer_json),
+            events(script),
+            caps(&[cap], mode),
+        ))
+    }
+
     #[test]
     fn the_fourth_email_in_a_week_waits_for_a_place_under_a_3_per_week_cap() {
-        let t = text(&lines(
-            &inline(MAIL_ON_PING),
-            customer(ADA),
-            events(
-                "2026-06-01T09:00:00Z ping\n2026-06-03T09:00:00Z ping\n2026-06-05T09:00:00Z ping\n2026-06-06T09:00:00Z ping",
-            ),
-            caps(&["email=3/7d"], "delay"),
-        ));
+        let t = mail_on_ping(
+            ADA,
+            "2026-06-01T09:00:00Z ping\n2026-06-03T09:00:00Z ping\n2026-06-05T09:00:00Z ping\n2026-06-06T09:00:00Z ping",
+            "email=3/7d",
+            "delay",
+        );
         insta::assert_snapshot!(t, @r#"
         2026-06-01T09:00:00Z  enter      mail
         2026-06-01T09:00:00Z  send       mail             email welcome to ada@example.com: "Welcome to Acme, Ada"
@@ -510,12 +518,12 @@ mod through_both {
 
     #[test]
     fn over_the_cap_in_drop_mode_the_send_is_suppressed_and_the_journey_goes_on() {
-        let t = text(&lines(
-            &inline(MAIL_ON_PING),
-            customer(ADA),
-            events("2026-06-01T09:00:00Z ping\n2026-06-01T10:00:00Z ping"),
-            caps(&["email=1/1d"], "drop"),
-        ));
+        let t = mail_on_ping(
+            ADA,
+            "2026-06-01T09:00:00Z ping\n2026-06-01T10:00:00Z ping",
+            "email=1/1d",
+            "drop",
+        );
         insta::assert_snapshot!(t, @r#"
         2026-06-01T09:00:00Z  enter      mail
         2026-06-01T09:00:00Z  send       mail             email welcome to ada@example.com: "Welcome to Acme, Ada"
@@ -562,14 +570,12 @@ mod through_both {
 
     #[test]
     fn consent_withdrawn_while_an_email_waits_out_the_cap_stops_it() {
-        let t = text(&lines(
-            &inline(MAIL_ON_PING),
-            customer(ADA),
-            events(
-                "2026-06-01T09:00:00Z ping\n2026-06-01T10:00:00Z ping\n2026-06-01T11:00:00Z $profile consent={\"email\":false}",
-            ),
-            caps(&["email=1/1d"], "delay"),
-        ));
+        let t = mail_on_ping(
+            ADA,
+            "2026-06-01T09:00:00Z ping\n2026-06-01T10:00:00Z ping\n2026-06-01T11:00:00Z $profile consent={\"email\":false}",
+            "email=1/1d",
+            "delay",
+        );
         insta::assert_snapshot!(t, @r#"
         2026-06-01T09:00:00Z  enter      mail
         2026-06-01T09:00:00Z  send       mail             email welcome to ada@example.com: "Welcome to Acme, Ada"
@@ -591,14 +597,12 @@ mod through_both {
         // first email is suppressed, she moves to an address of her own, and the next email
         // goes at once: the suppressed one never left, so it took no place under the cap.
         let shared = ADA.replace("ada@example.com", "shared@example.com");
-        let t = text(&lines(
-            &inline(MAIL_ON_PING),
-            customer(&shared),
-            events(
-                "2026-06-01T08:00:00Z $suppress email=shared@example.com\n2026-06-01T09:00:00Z ping\n2026-06-01T10:00:00Z $profile email=ada@example.com\n2026-06-01T11:00:00Z ping",
-            ),
-            caps(&["email=1/1d"], "delay"),
-        ));
+        let t = mail_on_ping(
+            &shared,
+            "2026-06-01T08:00:00Z $suppress email=shared@example.com\n2026-06-01T09:00:00Z ping\n2026-06-01T10:00:00Z $profile email=ada@example.com\n2026-06-01T11:00:00Z ping",
+            "email=1/1d",
+            "delay",
+        );
         insta::assert_snapshot!(t, @r#"
         2026-06-01T09:00:00Z  enter      mail
         2026-06-01T09:00:00Z  suppressed mail             email not sent: email: address suppressed (hard)
