@@ -140,8 +140,12 @@ fn context(
     channel: Channel,
 ) -> Value {
     let link = shell.links.unsubscribe(&customer.id, channel);
+    // A customer without a zone lives in the default zone for waits, quiet hours and
+    // triggers; their dates read in it too (`customer.timezone` is what the `date` helper
+    // and the templates see).
+    let customer = crate::engine::policy::with_default_zone(customer, &shell.policy);
     render_context(
-        customer,
+        &customer,
         enrollment.current_event(),
         (workflow.id.as_str(), &workflow.name),
         &link,

@@ -545,3 +545,35 @@ fn the_sweep_computes_the_lifecycle_trait_and_a_segment_over_it_starts_a_journey
     2026-05-30T12:00:00Z  exit       done             completed
     "#);
 }
+
+#[test]
+fn a_zone_less_customers_dates_are_shown_in_the_default_zone_they_are_sent_in() {
+    // 20:00 UTC on 30 June is already 1 July in Tokyo, the default zone the greeting is sent
+    // at 09:00 of: the coupon's last day must read as Tokyo's, not UTC's.
+    let zoneless = ADA
+        .replace(r#""timezone": "America/New_York", "#, "")
+        .replace(
+            r#""plan": "free""#,
+            r#""plan": "free", "birthday": "1990-06-08", "coupon_code": "BDAY-15", "coupon_expires": "2026-06-30T20:00:00Z""#,
+        );
+    let policy = trellis::engine::policy::SendPolicy {
+        default_timezone: Some(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap()),
+        ..Default::default()
+    };
+    let send = lines(
+        &example("birthday"),
+        customer(&zoneless),
+        vec![],
+        Options {
+            start: Some(at("2026-06-01T00:00:00Z")),
+            until: Some(at("2026-06-09T00:00:00Z")),
+            policy,
+            ..Options::default()
+        },
+    )
+    .into_iter()
+    .find(|l| l.kind == "send")
+    .expect("the greeting is sent");
+    let body = send.fields["body"].as_str().unwrap_or_default().to_owned();
+    assert!(body.contains("until July 1, 2026."), "{body}");
+}
