@@ -68,23 +68,31 @@ pub struct Allowlist {
 }
 
 impl Allowlist {
-    /// From entries such as `127.0.0.1`, `::1` or `crm.internal`.
+    /// From entries such as `127.0.0.1`, `::1`, `[0:0:0:0:0:0:0:1]` or `crm.internal.`:
+    /// addresses in their canonical form, names in lower case without the root's dot, so an
+    /// entry matches however the URL or the operator spells the same host.
     pub fn new(entries: &[String]) -> Self {
         Self {
-            hosts: entries
-                .iter()
-                .map(|e| e.trim().trim_matches(['[', ']']).to_ascii_lowercase())
-                .collect(),
+            hosts: entries.iter().map(|e| canonical_host(e)).collect(),
         }
     }
 
     fn allows_host(&self, host: &str) -> bool {
-        self.hosts
-            .contains(&host.trim_matches(['[', ']']).to_ascii_lowercase())
+        self.hosts.contains(&canonical_host(host))
     }
 
     fn allows_ip(&self, ip: IpAddr) -> bool {
         !is_internal(ip) || self.hosts.contains(&ip.to_string())
+    }
+}
+
+/// A host as the allowlist compares it: an IP address in its canonical text, a name in lower
+/// case without brackets or a trailing dot.
+fn canonical_host(host: &str) -> String {
+    let bare = host.trim().trim_matches(['[', ']']);
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => bare.trim_end_matches('.').to_ascii_lowercase(),
     }
 }
 
@@ -258,6 +266,23 @@ impl WebhookChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_allowlist_entry_matches_its_host_however_it_is_spelled() {
+        let allow = Allowlist::new(&["[0:0:0:0:0:0:0:1]".into(), "CRM.Internal.".into()]);
+        for host in [
+            "::1",
+            "[::1]",
+            "crm.internal",
+            "crm.internal.",
+            "Crm.INTERNAL",
+        ] {
+            assert!(allow.allows_host(host), "{host}");
+        }
+        assert!(allow.allows_ip("::1".parse().unwrap()));
+        assert!(!allow.allows_host("crm.internal.example"));
+        assert!(!allow.allows_ip("127.0.0.1".parse().unwrap()));
+    }
 
     #[test]
     fn internal_addresses_are_recognised() {
