@@ -1,6 +1,9 @@
-//! One suite, every journey store: the SQLite store `serve` uses and the memory store the
-//! simulator uses must answer the journey drive's port (`JourneyStore`, `JourneyTx`) the same
-//! way. Each case runs on both; a store that breaks a rule the other keeps fails here.
+//! One suite, every journey store: the SQLite store `serve` uses, the memory store the
+//! simulator uses and the PostgreSQL store must answer the journey drive's port
+//! (`JourneyStore`, `JourneyTx`) the same way. Each case runs on all three; a store that
+//! breaks a rule the others keep fails here. PostgreSQL is the database at
+//! `TRELLIS_TEST_POSTGRES_URL` (`./test.sh` starts one), a fresh schema per case; without the
+//! variable the cases fail, saying how to set it.
 
 use std::collections::BTreeSet;
 
@@ -13,13 +16,16 @@ use trellis::store::{JourneyStore, JourneyTx, MemoryStore, MessageStatus, NewMes
 
 use crate::helpers::at;
 
-/// Runs `case` on a fresh memory store and on a fresh SQLite file.
+/// Runs `case` on a fresh memory store, on a fresh SQLite file and on a fresh PostgreSQL
+/// schema.
 macro_rules! on_every_store {
     ($case:ident) => {
         let memory = MemoryStore::default();
         $case(&memory, "memory").await;
         let (sqlite, _dir) = trellis::store::testing::temp_store().await;
         $case(&sqlite, "sqlite").await;
+        let (postgres, _schema) = trellis::store::testing::temp_postgres().await;
+        $case(&postgres, "postgres").await;
     };
 }
 
