@@ -419,3 +419,19 @@ pub(crate) fn millis(at: Timestamp) -> i64 {
 pub(crate) fn from_millis(ms: i64) -> Timestamp {
     Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn postgres_sqlstates_pass_by_class_and_never_as_sqlite_codes() {
+        for passes in [
+            "08006", "40001", "40P01", "53100", "53300", "55P03", "57P01",
+        ] {
+            assert!(super::pg_passes(passes), "{passes}");
+        }
+        // 42501 & 0xff is SQLITE_BUSY: read as SQLite's code it would be retried for ever.
+        for stays in ["42501", "23505", "21000", "42601", "22P02"] {
+            assert!(!super::pg_passes(stays), "{stays}");
+        }
+    }
+}

@@ -260,6 +260,10 @@ async fn enrollments_load_active_in_entry_order_and_one_active_per_workflow<
         )
         .await;
     assert!(refused.is_err(), "{name}: {refused:?}");
+    assert!(
+        !refused.as_ref().unwrap_err().is_unavailable(),
+        "{name}: a broken rule is no error that passes: {refused:?}"
+    );
     drop(tx);
     assert_eq!(
         load(store, &everything()).await.enrollments.len(),
@@ -642,6 +646,74 @@ async fn orders_aggregate_and_unchanged_traits_leave_the_version_alone<S: Journe
     );
 }
 
+async fn the_same_key_twice_in_one_write_is_applied_in_turn<S: JourneyStore + Stage>(
+    store: &S,
+    name: &str,
+) {
+    // PostgreSQL refuses a key twice in one upsert; its adapter merges the rows first, to
+    // what SQLite's rows applied in turn (and the memory store) leave.
+    seed_ada(store, "2026-03-02T08:00:00Z").await;
+    let wf = crate::helpers::example("welcome_series");
+    let entered = trellis::engine::Enrollment::new(
+        "welcome_series:ada:1".to_owned(),
+        &wf,
+        ada(),
+        None,
+        at("2026-03-02T08:00:00Z"),
+    );
+    let mut exited = entered.clone();
+    exited.status = trellis::engine::Status::Exited {
+        reason: trellis::engine::ExitReason::Completed,
+        at: at("2026-03-02T08:00:00Z"),
+    };
+    let twice = CustomerWrite {
+        id: Some(ada()),
+        messages: vec![
+            // Held, then decided: the decision replaces the hold.
+            message("held", MessageStatus::Held, None),
+            message("held", MessageStatus::Pending, Some("2026-03-02T08:00:01Z")),
+            // Pending twice: the first stands.
+            message("kept", MessageStatus::Pending, Some("2026-03-02T08:00:02Z")),
+            message("kept", MessageStatus::Pending, Some("2026-03-02T08:00:03Z")),
+        ],
+        enrollments: vec![entered, exited],
+        fires: vec![
+            FireWrite::Schedule {
+                workflow_id: "weekly_newsletter".into(),
+                at: Some(at("2026-03-09T09:00:00Z")),
+            },
+            FireWrite::Schedule {
+                workflow_id: "weekly_newsletter".into(),
+                at: Some(at("2026-03-16T09:00:00Z")),
+            },
+        ],
+        ..CustomerWrite::default()
+    };
+    write(store, twice, "2026-03-02T08:00:00Z").await;
+    let state = load(store, &everything()).await;
+    let mut sends = state.cap_sends.clone();
+    sends.sort();
+    assert_eq!(
+        sends,
+        [
+            (Channel::Email, at("2026-03-02T08:00:01Z")),
+            (Channel::Email, at("2026-03-02T08:00:02Z"))
+        ],
+        "{name}"
+    );
+    assert!(state.enrollments.is_empty(), "{name}: the exit came last");
+    assert_eq!(
+        state.last_entered.get("welcome_series"),
+        Some(&at("2026-03-02T08:00:00Z")),
+        "{name}"
+    );
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(at("2026-03-16T09:00:00Z")),
+        "{name}: the later schedule, written last"
+    );
+}
+
 #[tokio::test]
 async fn every_store_answers_the_journey_port_alike() {
     on_every_store!(a_write_planned_on_an_old_version_is_skipped_whole);
@@ -653,6 +725,7 @@ async fn every_store_answers_the_journey_port_alike() {
     on_every_store!(segments_and_suppressions_load_as_written);
     on_every_store!(a_transaction_dropped_unfinished_writes_nothing);
     on_every_store!(orders_aggregate_and_unchanged_traits_leave_the_version_alone);
+    on_every_store!(the_same_key_twice_in_one_write_is_applied_in_turn);
 }
 
 /// A store that, the first time the drive loads customers, changes one of them right after
