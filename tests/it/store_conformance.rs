@@ -427,6 +427,26 @@ async fn a_transaction_dropped_unfinished_writes_nothing<S: JourneyStore + Stage
         state.segments.is_empty() && state.cap_sends.is_empty(),
         "{name}: {state:?}"
     );
+    // Nothing of it is left holding the customer: the next write goes through at once.
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        write(
+            store,
+            CustomerWrite {
+                id: Some(ada()),
+                joined: vec!["vip".into()],
+                ..CustomerWrite::default()
+            },
+            "2026-03-02T08:00:01Z",
+        ),
+    );
+    next.await
+        .unwrap_or_else(|_| panic!("{name}: the dropped transaction still holds the customer"));
+    assert_eq!(
+        load(store, &everything()).await.segments,
+        BTreeSet::from(["vip".to_owned()]),
+        "{name}"
+    );
 }
 
 async fn a_wave_loads_and_writes_as_its_customers_one_by_one<S: JourneyStore + Stage>(

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::{Error, OpenOptions, decode, from_millis, query};
 use crate::model::{Customer, CustomerId, Event, EventId};
@@ -37,7 +37,9 @@ pub struct PgStore {
     pool: PgPool,
 }
 
-/// One READ COMMITTED transaction. Dropped without [`PgTx::commit`], it rolls back.
+/// One READ COMMITTED transaction. Dropped without [`PgTx::commit`], it rolls back (sqlx
+/// queues the ROLLBACK, and the pool's ping on release sends it, so the connection holds no
+/// row locks once back in the pool).
 pub struct PgTx {
     tx: Transaction<'static, Postgres>,
 }
@@ -92,18 +94,6 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.gate_wait.max(Duration::from_secs(1)))
-            .after_release(|conn, _| {
-                Box::pin(async move {
-                    if !conn.is_in_transaction() {
-                        return Ok(true);
-                    }
-                    // A dropped transaction only queues its ROLLBACK; until it runs, the
-                    // idle connection would hold the transaction's row locks. A round trip
-                    // sends it.
-                    conn.ping().await?;
-                    Ok(!conn.is_in_transaction())
-                })
-            })
             .connect_with(connect)
             .await
             .map_err(|source| Error::Open {
