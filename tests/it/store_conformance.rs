@@ -734,6 +734,168 @@ async fn the_same_key_twice_in_one_write_is_applied_in_turn<S: JourneyStore + St
     );
 }
 
+/// Registers and pauses workflows, as `serve` does at start and the API's pause does: the
+/// SQL stores keep a `workflows` row, the memory store only the paused set.
+trait Workflows {
+    async fn register(&self, id: &str, now: Timestamp);
+    async fn pause(&self, id: &str, paused: bool);
+}
+
+impl Workflows for MemoryStore {
+    async fn register(&self, _id: &str, _now: Timestamp) {}
+
+    async fn pause(&self, id: &str, paused: bool) {
+        self.set_paused(id, paused);
+    }
+}
+
+impl Workflows for trellis::store::Store {
+    async fn register(&self, id: &str, now: Timestamp) {
+        let mut tx = self.begin().await.unwrap();
+        tx.register_workflow(id, "v1", "source", "path", now)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn pause(&self, id: &str, paused: bool) {
+        let mut tx = self.begin().await.unwrap();
+        assert!(tx.set_paused(id, paused).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+}
+
+impl Workflows for trellis::store::PgStore {
+    async fn register(&self, id: &str, now: Timestamp) {
+        let mut tx = self.begin().await.unwrap();
+        tx.register_workflow(id, "v1", "source", "path", now)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn pause(&self, id: &str, paused: bool) {
+        let mut tx = self.begin().await.unwrap();
+        assert!(tx.set_paused(id, paused).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+}
+
+/// The ids of the enrollments due at `now`, at most `limit`.
+async fn due_ids<S: JourneyStore>(store: &S, now: &str, limit: u32) -> Vec<String> {
+    let mut tx = store.begin().await.unwrap();
+    let due = tx.due_enrollments(at(now), limit).await.unwrap();
+    tx.end_unwritten().await.unwrap();
+    due.into_iter().map(|e| e.id).collect()
+}
+
+async fn wake_ups_come_due_earliest_first_and_a_paused_workflows_wait<
+    S: JourneyStore + Stage + Workflows,
+>(
+    store: &S,
+    name: &str,
+) {
+    let now = at("2026-03-02T08:00:00Z");
+    seed_ada(store, "2026-03-02T08:00:00Z").await;
+    store.register("welcome_series", now).await;
+    store.register("cart_abandonment", now).await;
+    let waiting = |id: &str, workflow: &str, wake: &str| {
+        let mut e = trellis::engine::Enrollment::new(
+            id.to_owned(),
+            &crate::helpers::example(workflow),
+            ada(),
+            None,
+            now,
+        );
+        e.status = trellis::engine::Status::Waiting {
+            node: trellis::model::NodeId::parse("wait".to_owned()).unwrap(),
+            wake_at: at(wake),
+        };
+        e
+    };
+    write(
+        store,
+        CustomerWrite {
+            id: Some(ada()),
+            enrollments: vec![
+                waiting("cart:ada:1", "cart_abandonment", "2026-03-02T10:00:00Z"),
+                waiting("welcome:ada:1", "welcome_series", "2026-03-02T09:00:00Z"),
+            ],
+            ..CustomerWrite::default()
+        },
+        "2026-03-02T08:00:00Z",
+    )
+    .await;
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(at("2026-03-02T09:00:00Z")),
+        "{name}"
+    );
+    assert!(
+        due_ids(store, "2026-03-02T08:30:00Z", 10).await.is_empty(),
+        "{name}"
+    );
+    assert_eq!(
+        due_ids(store, "2026-03-02T11:00:00Z", 10).await,
+        ["welcome:ada:1", "cart:ada:1"],
+        "{name}"
+    );
+    assert_eq!(
+        due_ids(store, "2026-03-02T11:00:00Z", 1).await,
+        ["welcome:ada:1"],
+        "{name}"
+    );
+    store.pause("welcome_series", true).await;
+    assert_eq!(
+        store.paused().await.unwrap(),
+        BTreeSet::from(["welcome_series".to_owned()]),
+        "{name}"
+    );
+    assert_eq!(
+        due_ids(store, "2026-03-02T11:00:00Z", 10).await,
+        ["cart:ada:1"],
+        "{name}: a paused workflow's wake-ups wait"
+    );
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(at("2026-03-02T10:00:00Z")),
+        "{name}"
+    );
+    store.pause("welcome_series", false).await;
+    assert!(store.paused().await.unwrap().is_empty(), "{name}");
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(at("2026-03-02T09:00:00Z")),
+        "{name}"
+    );
+}
+
+async fn the_sweep_pages_through_customers_in_bytewise_order<S: JourneyStore + Stage>(
+    store: &S,
+    name: &str,
+) {
+    // Uppercase sorts before lowercase bytewise; a locale's collation would interleave them.
+    for id in ["bob", "Zoe", "ada", "Bea"] {
+        let customer: Customer = serde_json::from_value(serde_json::json!({"id": id})).unwrap();
+        store
+            .put_customer(&customer, at("2026-03-02T08:00:00Z"))
+            .await
+            .unwrap();
+    }
+    let ids = |page: Vec<CustomerId>| {
+        page.into_iter()
+            .map(|c| c.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let first = store.customer_ids_after(None, 3).await.unwrap();
+    assert_eq!(ids(first.clone()), ["Bea", "Zoe", "ada"], "{name}");
+    let rest = store
+        .customer_ids_after(Some(first[2].as_str()), 3)
+        .await
+        .unwrap();
+    assert_eq!(ids(rest), ["bob"], "{name}");
+}
+
 #[tokio::test]
 async fn every_store_answers_the_journey_port_alike() {
     on_every_store!(a_write_planned_on_an_old_version_is_skipped_whole);
@@ -746,6 +908,8 @@ async fn every_store_answers_the_journey_port_alike() {
     on_every_store!(a_transaction_dropped_unfinished_writes_nothing);
     on_every_store!(orders_aggregate_and_unchanged_traits_leave_the_version_alone);
     on_every_store!(the_same_key_twice_in_one_write_is_applied_in_turn);
+    on_every_store!(wake_ups_come_due_earliest_first_and_a_paused_workflows_wait);
+    on_every_store!(the_sweep_pages_through_customers_in_bytewise_order);
 }
 
 /// A store that, the first time the drive loads customers, changes one of them right after
