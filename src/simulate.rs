@@ -243,6 +243,59 @@ impl Stage for store::Store {
     }
 }
 
+/// PostgreSQL as a stage, as SQLite is: customers, events and suppressions written as the
+/// API writes them; `deliver` sends nothing (the outbox on PostgreSQL is a later increment).
+impl Stage for store::PgStore {
+    async fn put_customer(&self, customer: &Customer, now: Timestamp) -> Result<(), store::Error> {
+        let mut tx = self.begin().await?;
+        tx.put_customer(customer, now).await?;
+        tx.commit().await
+    }
+
+    async fn insert_event(
+        &self,
+        customer: &CustomerId,
+        event: &Event,
+        now: Timestamp,
+    ) -> Result<(), store::Error> {
+        let mut tx = self.begin().await?;
+        tx.insert_event(customer, event, now).await?;
+        tx.commit().await
+    }
+
+    async fn patch_customer(
+        &self,
+        customer: &CustomerId,
+        patch: &CustomerPatch,
+        now: Timestamp,
+    ) -> Result<(), store::Error> {
+        let mut tx = self.begin().await?;
+        let Some(Ok(patched)) = tx.customer(customer).await?.map(|c| patch.clone().apply(c)) else {
+            return tx.end_unwritten().await;
+        };
+        tx.put_customer(&patched, now).await?;
+        tx.insert_event(customer, &Event::profile_updated(now), now)
+            .await?;
+        tx.commit().await
+    }
+
+    async fn suppress(
+        &self,
+        channel: Channel,
+        address: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(), store::Error> {
+        let mut tx = self.begin().await?;
+        tx.suppress(channel, address, reason, now).await?;
+        tx.commit().await
+    }
+
+    async fn deliver(&self, _now: Timestamp) -> Result<(), store::Error> {
+        Ok(())
+    }
+}
+
 impl Stage for MemoryStore {
     async fn put_customer(&self, customer: &Customer, _now: Timestamp) -> Result<(), store::Error> {
         MemoryStore::put_customer(self, customer);

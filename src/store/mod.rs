@@ -3,11 +3,13 @@
 //! customer's state and writes the step's result — enrollments, outbox messages, profile
 //! changes, conversions — all or nothing.
 //!
-//! The implementation is SQLite (`sqlite.rs`). The interface is kept narrow and free of
-//! SQLite types so that a PostgreSQL backend can sit beside it.
+//! The implementation `serve` uses is SQLite (`sqlite/`). The interface is kept narrow and
+//! free of SQLite types so that a PostgreSQL backend can sit beside it: `postgres/`
+//! ([`PgStore`]) implements the journey port so far (docs/design-postgres.md, increment 1).
 
 pub mod memory;
 mod ports;
+mod postgres;
 mod sqlite;
 pub mod testing;
 
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryStore;
 pub use ports::{DueFire, JourneyStore, JourneyTx};
+pub use postgres::{PgStore, PgTx};
 pub use sqlite::{OpenOptions, Store, Tx};
 
 use crate::model::{Channel, CustomerId, Event};
@@ -80,19 +83,41 @@ impl Error {
         };
         match source {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-            sqlx::Error::Database(db) => db
-                .code()
-                .and_then(|code| code.parse::<i32>().ok())
-                .is_some_and(|code| {
-                    // Primary result codes: the low byte of the extended code.
-                    matches!(
-                        code & 0xff,
-                        SQLITE_BUSY | SQLITE_LOCKED | SQLITE_IOERR | SQLITE_FULL | SQLITE_CANTOPEN
-                    )
-                }),
+            sqlx::Error::Database(db) => {
+                if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    return pg_passes(pg.code());
+                }
+                db.code()
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|code| {
+                        // Primary result codes: the low byte of the extended code.
+                        matches!(
+                            code & 0xff,
+                            SQLITE_BUSY
+                                | SQLITE_LOCKED
+                                | SQLITE_IOERR
+                                | SQLITE_FULL
+                                | SQLITE_CANTOPEN
+                        )
+                    })
+            }
             _ => false,
         }
     }
+}
+
+/// Whether a PostgreSQL error (an SQLSTATE) passes by itself: connection errors (class
+/// `08`), serialization failures and deadlocks (`40001`, `40P01`), insufficient resources
+/// (class `53`: disk full, out of memory, too many connections), `lock_timeout`
+/// (`55P03`) and shutdowns (`57P01`–`57P03`). SQLSTATEs are never read as SQLite's codes:
+/// `42501` (insufficient privilege) would mask to `SQLITE_BUSY`.
+fn pg_passes(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03"
+        )
 }
 
 const SQLITE_BUSY: i32 = 5;
@@ -393,4 +418,20 @@ pub(crate) fn millis(at: Timestamp) -> i64 {
 /// Converts stored milliseconds to a timestamp.
 pub(crate) fn from_millis(ms: i64) -> Timestamp {
     Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn postgres_sqlstates_pass_by_class_and_never_as_sqlite_codes() {
+        for passes in [
+            "08006", "40001", "40P01", "53100", "53300", "55P03", "57P01",
+        ] {
+            assert!(super::pg_passes(passes), "{passes}");
+        }
+        // 42501 & 0xff is SQLITE_BUSY: read as SQLite's code it would be retried for ever.
+        for stays in ["42501", "23505", "21000", "42601", "22P02"] {
+            assert!(!super::pg_passes(stays), "{stays}");
+        }
+    }
 }

@@ -1,6 +1,9 @@
-//! One suite, every journey store: the SQLite store `serve` uses and the memory store the
-//! simulator uses must answer the journey drive's port (`JourneyStore`, `JourneyTx`) the same
-//! way. Each case runs on both; a store that breaks a rule the other keeps fails here.
+//! One suite, every journey store: the SQLite store `serve` uses, the memory store the
+//! simulator uses and the PostgreSQL store must answer the journey drive's port
+//! (`JourneyStore`, `JourneyTx`) the same way. Each case runs on all three; a store that
+//! breaks a rule the others keep fails here. PostgreSQL is the database at
+//! `TRELLIS_TEST_POSTGRES_URL` (`./test.sh` starts one), a fresh schema per case; without the
+//! variable the cases fail, saying how to set it.
 
 use std::collections::BTreeSet;
 
@@ -13,13 +16,16 @@ use trellis::store::{JourneyStore, JourneyTx, MemoryStore, MessageStatus, NewMes
 
 use crate::helpers::at;
 
-/// Runs `case` on a fresh memory store and on a fresh SQLite file.
+/// Runs `case` on a fresh memory store, on a fresh SQLite file and on a fresh PostgreSQL
+/// schema.
 macro_rules! on_every_store {
     ($case:ident) => {
         let memory = MemoryStore::default();
         $case(&memory, "memory").await;
         let (sqlite, _dir) = trellis::store::testing::temp_store().await;
         $case(&sqlite, "sqlite").await;
+        let (postgres, _schema) = trellis::store::testing::temp_postgres().await;
+        $case(&postgres, "postgres").await;
     };
 }
 
@@ -254,6 +260,10 @@ async fn enrollments_load_active_in_entry_order_and_one_active_per_workflow<
         )
         .await;
     assert!(refused.is_err(), "{name}: {refused:?}");
+    assert!(
+        !refused.as_ref().unwrap_err().is_unavailable(),
+        "{name}: a broken rule is no error that passes: {refused:?}"
+    );
     drop(tx);
     assert_eq!(
         load(store, &everything()).await.enrollments.len(),
@@ -416,6 +426,26 @@ async fn a_transaction_dropped_unfinished_writes_nothing<S: JourneyStore + Stage
     assert!(
         state.segments.is_empty() && state.cap_sends.is_empty(),
         "{name}: {state:?}"
+    );
+    // Nothing of it is left holding the customer: the next write goes through at once.
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        write(
+            store,
+            CustomerWrite {
+                id: Some(ada()),
+                joined: vec!["vip".into()],
+                ..CustomerWrite::default()
+            },
+            "2026-03-02T08:00:01Z",
+        ),
+    );
+    next.await
+        .unwrap_or_else(|_| panic!("{name}: the dropped transaction still holds the customer"));
+    assert_eq!(
+        load(store, &everything()).await.segments,
+        BTreeSet::from(["vip".to_owned()]),
+        "{name}"
     );
 }
 
@@ -636,6 +666,236 @@ async fn orders_aggregate_and_unchanged_traits_leave_the_version_alone<S: Journe
     );
 }
 
+async fn the_same_key_twice_in_one_write_is_applied_in_turn<S: JourneyStore + Stage>(
+    store: &S,
+    name: &str,
+) {
+    // PostgreSQL refuses a key twice in one upsert; its adapter merges the rows first, to
+    // what SQLite's rows applied in turn (and the memory store) leave.
+    seed_ada(store, "2026-03-02T08:00:00Z").await;
+    let wf = crate::helpers::example("welcome_series");
+    let entered = trellis::engine::Enrollment::new(
+        "welcome_series:ada:1".to_owned(),
+        &wf,
+        ada(),
+        None,
+        at("2026-03-02T08:00:00Z"),
+    );
+    let mut exited = entered.clone();
+    exited.status = trellis::engine::Status::Exited {
+        reason: trellis::engine::ExitReason::Completed,
+        at: at("2026-03-02T08:00:00Z"),
+    };
+    let twice = CustomerWrite {
+        id: Some(ada()),
+        messages: vec![
+            // Held, then decided: the decision replaces the hold.
+            message("held", MessageStatus::Held, None),
+            message("held", MessageStatus::Pending, Some("2026-03-02T08:00:01Z")),
+            // Pending twice: the first stands.
+            message("kept", MessageStatus::Pending, Some("2026-03-02T08:00:02Z")),
+            message("kept", MessageStatus::Pending, Some("2026-03-02T08:00:03Z")),
+        ],
+        enrollments: vec![entered, exited],
+        fires: vec![
+            FireWrite::Schedule {
+                workflow_id: "weekly_newsletter".into(),
+                at: Some(at("2026-03-09T09:00:00Z")),
+            },
+            FireWrite::Schedule {
+                workflow_id: "weekly_newsletter".into(),
+                at: Some(at("2026-03-16T09:00:00Z")),
+            },
+        ],
+        ..CustomerWrite::default()
+    };
+    write(store, twice, "2026-03-02T08:00:00Z").await;
+    let state = load(store, &everything()).await;
+    let mut sends = state.cap_sends.clone();
+    sends.sort();
+    assert_eq!(
+        sends,
+        [
+            (Channel::Email, at("2026-03-02T08:00:01Z")),
+            (Channel::Email, at("2026-03-02T08:00:02Z"))
+        ],
+        "{name}"
+    );
+    assert!(state.enrollments.is_empty(), "{name}: the exit came last");
+    assert_eq!(
+        state.last_entered.get("welcome_series"),
+        Some(&at("2026-03-02T08:00:00Z")),
+        "{name}"
+    );
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(at("2026-03-16T09:00:00Z")),
+        "{name}: the later schedule, written last"
+    );
+}
+
+/// Registers and pauses workflows, as `serve` does at start and the API's pause does: the
+/// SQL stores keep a `workflows` row, the memory store only the paused set.
+trait Workflows {
+    async fn register(&self, id: &str, now: Timestamp);
+    async fn pause(&self, id: &str, paused: bool);
+}
+
+impl Workflows for MemoryStore {
+    async fn register(&self, _id: &str, _now: Timestamp) {}
+
+    async fn pause(&self, id: &str, paused: bool) {
+        self.set_paused(id, paused);
+    }
+}
+
+impl Workflows for trellis::store::Store {
+    async fn register(&self, id: &str, now: Timestamp) {
+        let mut tx = self.begin().await.unwrap();
+        tx.register_workflow(id, "v1", "source", "path", now)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn pause(&self, id: &str, paused: bool) {
+        let mut tx = self.begin().await.unwrap();
+        assert!(tx.set_paused(id, paused).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+}
+
+impl Workflows for trellis::store::PgStore {
+    async fn register(&self, id: &str, now: Timestamp) {
+        let mut tx = self.begin().await.unwrap();
+        tx.register_workflow(id, "v1", "source", "path", now)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn pause(&self, id: &str, paused: bool) {
+        let mut tx = self.begin().await.unwrap();
+        assert!(tx.set_paused(id, paused).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+}
+
+/// The ids of the enrollments due at `now`, at most `limit`.
+async fn due_ids<S: JourneyStore>(store: &S, now: &str, limit: u32) -> Vec<String> {
+    let mut tx = store.begin().await.unwrap();
+    let due = tx.due_enrollments(at(now), limit).await.unwrap();
+    tx.end_unwritten().await.unwrap();
+    due.into_iter().map(|e| e.id).collect()
+}
+
+async fn wake_ups_come_due_earliest_first_and_a_paused_workflows_wait<
+    S: JourneyStore + Stage + Workflows,
+>(
+    store: &S,
+    name: &str,
+) {
+    let now = at("2026-03-02T08:00:00Z");
+    seed_ada(store, "2026-03-02T08:00:00Z").await;
+    store.register("welcome_series", now).await;
+    store.register("cart_abandonment", now).await;
+    let waiting = |id: &str, workflow: &str, wake: &str| {
+        let mut e = trellis::engine::Enrollment::new(
+            id.to_owned(),
+            &crate::helpers::example(workflow),
+            ada(),
+            None,
+            now,
+        );
+        e.status = trellis::engine::Status::Waiting {
+            node: trellis::model::NodeId::parse("wait".to_owned()).unwrap(),
+            wake_at: at(wake),
+        };
+        e
+    };
+    write(
+        store,
+        CustomerWrite {
+            id: Some(ada()),
+            enrollments: vec![
+                waiting("cart:ada:1", "cart_abandonment", "2026-03-02T10:00:00Z"),
+                waiting("welcome:ada:1", "welcome_series", "2026-03-02T09:00:00Z"),
+            ],
+            ..CustomerWrite::default()
+        },
+        "2026-03-02T08:00:00Z",
+    )
+    .await;
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(at("2026-03-02T09:00:00Z")),
+        "{name}"
+    );
+    assert!(
+        due_ids(store, "2026-03-02T08:30:00Z", 10).await.is_empty(),
+        "{name}"
+    );
+    assert_eq!(
+        due_ids(store, "2026-03-02T11:00:00Z", 10).await,
+        ["welcome:ada:1", "cart:ada:1"],
+        "{name}"
+    );
+    assert_eq!(
+        due_ids(store, "2026-03-02T11:00:00Z", 1).await,
+        ["welcome:ada:1"],
+        "{name}"
+    );
+    store.pause("welcome_series", true).await;
+    assert_eq!(
+        store.paused().await.unwrap(),
+        BTreeSet::from(["welcome_series".to_owned()]),
+        "{name}"
+    );
+    assert_eq!(
+        due_ids(store, "2026-03-02T11:00:00Z", 10).await,
+        ["cart:ada:1"],
+        "{name}: a paused workflow's wake-ups wait"
+    );
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(at("2026-03-02T10:00:00Z")),
+        "{name}"
+    );
+    store.pause("welcome_series", false).await;
+    assert!(store.paused().await.unwrap().is_empty(), "{name}");
+    assert_eq!(
+        store.next_due().await.unwrap(),
+        Some(at("2026-03-02T09:00:00Z")),
+        "{name}"
+    );
+}
+
+async fn the_sweep_pages_through_customers_in_bytewise_order<S: JourneyStore + Stage>(
+    store: &S,
+    name: &str,
+) {
+    // Uppercase sorts before lowercase bytewise; a locale's collation would interleave them.
+    for id in ["bob", "Zoe", "ada", "Bea"] {
+        let customer: Customer = serde_json::from_value(serde_json::json!({"id": id})).unwrap();
+        store
+            .put_customer(&customer, at("2026-03-02T08:00:00Z"))
+            .await
+            .unwrap();
+    }
+    let ids = |page: Vec<CustomerId>| {
+        page.into_iter()
+            .map(|c| c.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let first = store.customer_ids_after(None, 3).await.unwrap();
+    assert_eq!(ids(first.clone()), ["Bea", "Zoe", "ada"], "{name}");
+    let rest = store
+        .customer_ids_after(Some(first[2].as_str()), 3)
+        .await
+        .unwrap();
+    assert_eq!(ids(rest), ["bob"], "{name}");
+}
+
 #[tokio::test]
 async fn every_store_answers_the_journey_port_alike() {
     on_every_store!(a_write_planned_on_an_old_version_is_skipped_whole);
@@ -647,6 +907,9 @@ async fn every_store_answers_the_journey_port_alike() {
     on_every_store!(segments_and_suppressions_load_as_written);
     on_every_store!(a_transaction_dropped_unfinished_writes_nothing);
     on_every_store!(orders_aggregate_and_unchanged_traits_leave_the_version_alone);
+    on_every_store!(the_same_key_twice_in_one_write_is_applied_in_turn);
+    on_every_store!(wake_ups_come_due_earliest_first_and_a_paused_workflows_wait);
+    on_every_store!(the_sweep_pages_through_customers_in_bytewise_order);
 }
 
 /// A store that, the first time the drive loads customers, changes one of them right after

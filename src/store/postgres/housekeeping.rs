@@ -1,0 +1,170 @@
+//! Housekeeping on PostgreSQL: workflow versions and pause flags, the sweep's paging, and
+//! computed traits, as `store::sqlite::housekeeping` does them.
+
+use std::collections::BTreeSet;
+
+use super::*;
+use crate::store::millis;
+
+impl PgStore {
+    /// The workflows paused.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn paused(&self) -> Result<BTreeSet<String>, Error> {
+        let rows = sqlx::query("SELECT id FROM workflows WHERE paused")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("reading paused workflows"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Up to `limit` customer ids after `after`, in bytewise order (ids are `COLLATE "C"`):
+    /// the sweep's pages.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn customer_ids_after(
+        &self,
+        after: Option<&str>,
+        n: u32,
+    ) -> Result<Vec<CustomerId>, Error> {
+        let rows = sqlx::query("SELECT id FROM customers WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after.unwrap_or(""))
+            .bind(limit(n))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query("listing customers"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| CustomerId::parse(r.get::<String, _>(0)).ok())
+            .collect())
+    }
+
+    /// Every customer's `order_completed` statistics, in id order. A value is read as
+    /// SQLite's `CAST(… AS REAL)` reads it (`trellis_real` in the migration), so a string
+    /// that is no number counts 0 instead of failing the query.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn order_stats(&self) -> Result<Vec<crate::traits::OrderStats>, Error> {
+        let rows = sqlx::query(
+            "SELECT c.id, COUNT(e.seq), COALESCE(SUM(trellis_real(e.properties -> 'value')), 0.0)::float8,
+                    MIN(e.at), MAX(e.at)
+             FROM customers c LEFT JOIN events e ON e.customer_id = c.id AND e.name = 'order_completed'
+             GROUP BY c.id ORDER BY c.id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query("aggregating orders"))?;
+        Ok(rows
+            .iter()
+            .map(|r| crate::traits::OrderStats {
+                customer_id: r.get(0),
+                orders: r.get::<i64, _>(1).try_into().unwrap_or(0),
+                revenue: r.get(2),
+                first_order: at(r.get(3)),
+                last_order: at(r.get(4)),
+            })
+            .collect())
+    }
+
+    /// Writes computed traits into the customers' attributes (`rfm`, `value_tier`,
+    /// `lifecycle`), a batch per transaction; a profile that already holds them is not
+    /// rewritten (its version stays).
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn write_traits(
+        &self,
+        traits: &[crate::traits::Traits],
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        for batch in traits.chunks(1000) {
+            let mut tx = self.begin().await?;
+            for t in batch {
+                let (rfm, tier, stage) = t.attributes();
+                // `attributes` gets the three keys (rfm removed when there is none), made
+                // when missing, as SQLite's json_set does.
+                sqlx::query(
+                    "UPDATE customers SET updated_at = $5,
+                        profile = profile || jsonb_build_object('attributes',
+                            (COALESCE(profile -> 'attributes', '{}'::jsonb) - 'rfm')
+                            || jsonb_build_object('value_tier', $3::text, 'lifecycle', $4::text)
+                            || CASE WHEN $2::text IS NULL THEN '{}'::jsonb
+                                    ELSE jsonb_build_object('rfm', $2::jsonb) END)
+                     WHERE id = $1
+                       AND (profile -> 'attributes' -> 'value_tier' IS DISTINCT FROM to_jsonb($3::text)
+                         OR profile -> 'attributes' -> 'lifecycle' IS DISTINCT FROM to_jsonb($4::text)
+                         OR profile -> 'attributes' -> 'rfm' IS DISTINCT FROM $2::jsonb)",
+                )
+                .bind(&t.customer_id)
+                .bind(if rfm.is_null() {
+                    None
+                } else {
+                    Some(rfm.to_string())
+                })
+                .bind(tier.as_str())
+                .bind(stage.as_str())
+                .bind(millis(now))
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(query("writing computed traits"))?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+impl PgTx {
+    /// Records a loaded workflow version and makes it current; keeps the paused flag.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn register_workflow(
+        &mut self,
+        id: &str,
+        version: &str,
+        source: &str,
+        path: &str,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO workflow_versions (workflow_id, version, source, path, loaded_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(source)
+        .bind(path)
+        .bind(millis(now))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("recording a workflow version"))?;
+        sqlx::query(
+            "INSERT INTO workflows (id, current_version) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET current_version = excluded.current_version",
+        )
+        .bind(id)
+        .bind(version)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("recording a workflow"))?;
+        Ok(())
+    }
+
+    /// Pauses or resumes a workflow; false when no such workflow is known.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn set_paused(&mut self, id: &str, paused: bool) -> Result<bool, Error> {
+        let done = sqlx::query("UPDATE workflows SET paused = $1 WHERE id = $2")
+            .bind(paused)
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query("pausing a workflow"))?;
+        Ok(done.rows_affected() > 0)
+    }
+}

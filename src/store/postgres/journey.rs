@@ -1,0 +1,193 @@
+//! What the scheduler reads inside one step transaction on PostgreSQL (due events, wake-ups
+//! and trigger occurrences, a customer's profile) and the journey port's impls for
+//! [`PgStore`] and [`PgTx`]. Single runner for now: the due queries take no leases
+//! (docs/design-postgres.md §5.1 adds them).
+
+use std::collections::BTreeSet;
+
+use super::*;
+use crate::engine::Enrollment;
+use crate::journey::{CustomerState, CustomerWrite, LoadSpec};
+use crate::store::{DueFire, StoredEvent, millis};
+
+impl PgTx {
+    /// A customer's profile.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn customer(&mut self, id: &CustomerId) -> Result<Option<Customer>, Error> {
+        let row = sqlx::query("SELECT profile::text FROM customers WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(query("reading a customer"))?;
+        row.map(|r| customer_from(r.get::<&str, _>(0))).transpose()
+    }
+
+    /// Up to `limit` events not yet processed, in arrival order.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn pending_events(&mut self, n: u32) -> Result<Vec<StoredEvent>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, name, at, properties::text, seq, customer_id FROM events
+             WHERE NOT processed ORDER BY seq LIMIT $1",
+        )
+        .bind(limit(n))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query("reading pending events"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    seq: r.get(4),
+                    customer_id: customer_id(r.get(5))?,
+                    event: event_from_row(r)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` trigger occurrences due at `now`, earliest first.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn due_fires(&mut self, now: Timestamp, n: u32) -> Result<Vec<DueFire>, Error> {
+        let rows = sqlx::query(
+            "SELECT workflow_id, customer_id, fire_at FROM scheduled_fires
+             WHERE fire_at <= $1 ORDER BY fire_at LIMIT $2",
+        )
+        .bind(millis(now))
+        .bind(limit(n))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query("claiming due triggers"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.get(0),
+                    CustomerId::parse(r.get::<String, _>(1)).ok()?,
+                    from_millis(r.get(2)),
+                ))
+            })
+            .collect())
+    }
+
+    /// Up to `limit` active enrollments due at `now`, of workflows not paused, earliest
+    /// first.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn due_enrollments(
+        &mut self,
+        now: Timestamp,
+        n: u32,
+    ) -> Result<Vec<Enrollment>, Error> {
+        let rows = sqlx::query(
+            "SELECT e.state::text FROM enrollments e JOIN workflows w ON w.id = e.workflow_id
+             WHERE e.active AND e.wake_at <= $1 AND NOT w.paused ORDER BY e.wake_at LIMIT $2",
+        )
+        .bind(millis(now))
+        .bind(limit(n))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query("claiming due enrollments"))?;
+        rows.iter()
+            .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(decode("an enrollment")))
+            .collect()
+    }
+}
+
+impl PgStore {
+    /// The earliest wake-up of a workflow not paused, or trigger occurrence, still to come.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn next_due(&self) -> Result<Option<Timestamp>, Error> {
+        let row = sqlx::query(
+            "SELECT MIN(at) FROM (
+               SELECT MIN(e.wake_at) AS at FROM enrollments e JOIN workflows w ON w.id = e.workflow_id
+                WHERE e.active AND e.wake_at IS NOT NULL AND NOT w.paused
+               UNION ALL SELECT MIN(fire_at) FROM scheduled_fires) due",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query("reading the next wake-up"))?;
+        Ok(at(row.get::<Option<i64>, _>(0)))
+    }
+}
+
+impl crate::store::JourneyStore for PgStore {
+    type Tx = PgTx;
+
+    async fn begin(&self) -> Result<PgTx, Error> {
+        PgStore::begin(self).await
+    }
+
+    async fn paused(&self) -> Result<BTreeSet<String>, Error> {
+        PgStore::paused(self).await
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>, Error> {
+        PgStore::next_due(self).await
+    }
+
+    async fn load_customers(
+        &self,
+        ids: &[CustomerId],
+        spec: &LoadSpec,
+    ) -> Result<Vec<CustomerState>, Error> {
+        PgStore::load_customers(self, ids, spec).await
+    }
+
+    async fn customer_ids_after(
+        &self,
+        after: Option<&str>,
+        n: u32,
+    ) -> Result<Vec<CustomerId>, Error> {
+        PgStore::customer_ids_after(self, after, n).await
+    }
+
+    async fn order_stats(&self) -> Result<Vec<crate::traits::OrderStats>, Error> {
+        PgStore::order_stats(self).await
+    }
+
+    async fn write_traits(
+        &self,
+        traits: &[crate::traits::Traits],
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        PgStore::write_traits(self, traits, now).await
+    }
+}
+
+impl crate::store::JourneyTx for PgTx {
+    async fn pending_events(&mut self, n: u32) -> Result<Vec<StoredEvent>, Error> {
+        PgTx::pending_events(self, n).await
+    }
+
+    async fn due_enrollments(&mut self, now: Timestamp, n: u32) -> Result<Vec<Enrollment>, Error> {
+        PgTx::due_enrollments(self, now, n).await
+    }
+
+    async fn due_fires(&mut self, now: Timestamp, n: u32) -> Result<Vec<DueFire>, Error> {
+        PgTx::due_fires(self, now, n).await
+    }
+
+    async fn write_customers(
+        &mut self,
+        writes: &[CustomerWrite],
+        now: Timestamp,
+    ) -> Result<Vec<CustomerId>, Error> {
+        PgTx::write_customers(self, writes, now).await
+    }
+
+    async fn commit(self) -> Result<(), Error> {
+        PgTx::commit(self).await
+    }
+
+    async fn end_unwritten(self) -> Result<(), Error> {
+        PgTx::end_unwritten(self).await
+    }
+}

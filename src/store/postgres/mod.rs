@@ -1,0 +1,191 @@
+//! The PostgreSQL store (docs/design-postgres.md, increment 1): a pool opened from a
+//! `postgres://` URL, migrations of its own from `migrations/postgres/`, and READ COMMITTED
+//! transactions. So far it implements the journey port (`JourneyStore`/`JourneyTx`) and what
+//! the simulator's `Stage` needs to seed it; the outbox, the API's reads and writes and the
+//! several-runner leases come in later increments.
+//!
+//! Times are BIGINT milliseconds, as on SQLite. JSON columns are `jsonb`: values go in as
+//! text cast to `jsonb` (or inside one `jsonb` array of rows) and come out as `::text`, so
+//! rows decode with `serde_json` exactly as on SQLite.
+//!
+//! One module per concern, the same split as `store::sqlite`: `journey` (the due queries and
+//! the port's impls), `journey_batch` (a wave's load and write), `ingest` (customers, events
+//! and suppressions as the API writes them) and `housekeeping` (pause flags, workflow
+//! versions, the sweep's paging, computed traits).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use super::{Error, OpenOptions, decode, from_millis, query};
+use crate::model::{Customer, CustomerId, Event, EventId};
+
+mod housekeeping;
+mod ingest;
+mod journey;
+mod journey_batch;
+
+/// The migrations of `migrations/postgres/`, with their own `_sqlx_migrations` table.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A PostgreSQL database. Clones share the pool.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// One READ COMMITTED transaction. Dropped without [`PgTx::commit`], it rolls back (sqlx
+/// queues the ROLLBACK, and the pool's ping on release sends it, so the connection holds no
+/// row locks once back in the pool).
+pub struct PgTx {
+    tx: Transaction<'static, Postgres>,
+}
+
+/// `url` with its password hidden, for error messages.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "(a PostgreSQL URL that does not parse)".to_owned(),
+    }
+}
+
+impl PgStore {
+    /// Opens and migrates the database at `url`, such as
+    /// `postgres://trellis:secret@127.0.0.1:5432/trellis`. The database must exist; the
+    /// schema is made in the first schema of the session's `search_path`.
+    ///
+    /// # Errors
+    /// When the URL does not parse, or the database cannot be reached or migrated.
+    pub async fn open(url: &str, options: OpenOptions) -> Result<Self, Error> {
+        let connect = PgConnectOptions::from_str(url).map_err(|source| Error::Open {
+            url: redacted(url),
+            source,
+        })?;
+        Self::open_with(connect, options, &redacted(url)).await
+    }
+
+    /// Opens and migrates the database `connect` names; `label` names it in errors (never
+    /// with a password). `options` maps as on SQLite: `max_connections` is the pool's size,
+    /// `gate_wait` how long a caller waits for a connection (there is no write gate: row
+    /// locks replace it), `lock_wait` the session's `lock_timeout`.
+    ///
+    /// # Errors
+    /// When the database cannot be reached or migrated.
+    pub async fn open_with(
+        connect: PgConnectOptions,
+        options: OpenOptions,
+        label: &str,
+    ) -> Result<Self, Error> {
+        let connect = connect.application_name("trellis").options([
+            (
+                "lock_timeout",
+                format!("{}ms", options.lock_wait.as_millis().max(1)),
+            ),
+            ("statement_timeout", "30s".to_owned()),
+            ("idle_in_transaction_session_timeout", "30s".to_owned()),
+        ]);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.gate_wait.max(Duration::from_secs(1)))
+            .connect_with(connect)
+            .await
+            .map_err(|source| Error::Open {
+                url: label.to_owned(),
+                source,
+            })?;
+        MIGRATOR.run(&pool).await.map_err(Error::Migrate)?;
+        Ok(Self { pool })
+    }
+
+    /// The connection pool, for tests that look at what was stored.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Starts a READ COMMITTED write transaction.
+    ///
+    /// # Errors
+    /// When no connection could be had in time, or the database refuses.
+    pub async fn begin(&self) -> Result<PgTx, Error> {
+        let tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query("beginning a transaction"))?;
+        Ok(PgTx { tx })
+    }
+
+    /// Whether the database answers.
+    ///
+    /// # Errors
+    /// When it does not.
+    pub async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(query("pinging the database"))?;
+        Ok(())
+    }
+}
+
+impl PgTx {
+    /// Commits.
+    ///
+    /// # Errors
+    /// When the commit fails; nothing was written.
+    pub async fn commit(self) -> Result<(), Error> {
+        self.tx.commit().await.map_err(query("committing"))
+    }
+
+    /// Ends a transaction that wrote nothing (it commits, which frees the connection at
+    /// once; a dropped transaction's rollback is only queued).
+    ///
+    /// # Errors
+    /// When the database refuses even that.
+    pub async fn end_unwritten(self) -> Result<(), Error> {
+        self.tx
+            .commit()
+            .await
+            .map_err(query("ending a transaction"))
+    }
+}
+
+/// An event from a row of `id, name, at, properties::text`.
+fn event_from_row(r: &PgRow) -> Result<Event, Error> {
+    Ok(Event {
+        id: r
+            .get::<Option<String>, _>(0)
+            .and_then(|id| EventId::parse(id).ok()),
+        name: r.get(1),
+        timestamp: from_millis(r.get(2)),
+        properties: serde_json::from_str(r.get::<&str, _>(3))
+            .map_err(decode("event properties"))?,
+    })
+}
+
+/// A customer from a `profile::text` column.
+fn customer_from(profile: &str) -> Result<Customer, Error> {
+    serde_json::from_str(profile).map_err(decode("a customer profile"))
+}
+
+/// A stored customer id.
+fn customer_id(id: String) -> Result<CustomerId, Error> {
+    CustomerId::parse(id).map_err(|e| decode("a customer id")(serde::de::Error::custom(e)))
+}
+
+/// A limit as PostgreSQL's `LIMIT` takes it.
+fn limit(n: u32) -> i64 {
+    i64::from(n)
+}
+
+/// Stored milliseconds, or none.
+fn at(ms: Option<i64>) -> Option<Timestamp> {
+    ms.map(from_millis)
+}
