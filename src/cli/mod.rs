@@ -50,7 +50,7 @@ fn open_store(url: &str) -> anyhow::Result<(tokio::runtime::Runtime, crate::stor
             url,
             crate::store::OpenOptions::default(),
         ))
-        .with_context(|| format!("opening {url}"))?;
+        .with_context(|| format!("opening {}", crate::store::redacted_url(url)))?;
     Ok((runtime, store))
 }
 

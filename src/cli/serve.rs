@@ -156,7 +156,12 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         },
     )
     .await
-    .with_context(|| format!("opening {}", config.database_url))?;
+    .with_context(|| {
+        format!(
+            "opening {}",
+            crate::store::redacted_url(&config.database_url)
+        )
+    })?;
     let catalog = Arc::new(
         Catalog::register(&store, workflows, segments, clock.now())
             .await

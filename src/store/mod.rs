@@ -35,6 +35,9 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+    /// A database URL of a kind this store does not open (the URL with its password hidden).
+    #[error("{0}: this store opens `sqlite://PATH` URLs only; PostgreSQL is not served yet")]
+    UnsupportedUrl(String),
     /// Applying migrations.
     #[error("migrating the database")]
     Migrate(#[source] sqlx::migrate::MigrateError),
@@ -79,7 +82,10 @@ impl Error {
         let source = match self {
             Error::Open { source, .. } | Error::Query { source, .. } => source,
             Error::Busy(_) | Error::SharedUnavailable(_) => return true,
-            Error::Migrate(_) | Error::Decode { .. } | Error::Constraint(_) => return false,
+            Error::Migrate(_)
+            | Error::Decode { .. }
+            | Error::Constraint(_)
+            | Error::UnsupportedUrl(_) => return false,
         };
         match source {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
@@ -103,6 +109,24 @@ impl Error {
             }
             _ => false,
         }
+    }
+}
+
+/// `url` with any password replaced by `***`, for error messages and logs: a database URL
+/// may carry credentials, and secrets are never logged.
+pub fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        // Not a URL (a bare path): nothing that looks like credentials can be told apart, so
+        // keep only what precedes an `@`, which a password would follow.
+        Err(_) => match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_owned(),
+        },
     }
 }
 

@@ -46,14 +46,7 @@ pub struct PgTx {
 
 /// `url` with its password hidden, for error messages.
 fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "(a PostgreSQL URL that does not parse)".to_owned(),
-    }
+    super::redacted_url(url)
 }
 
 impl PgStore {

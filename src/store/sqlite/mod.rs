@@ -95,9 +95,13 @@ impl Store {
     /// When the file cannot be opened or migrated.
     pub async fn open(url: &str, options: OpenOptions) -> Result<Self, Error> {
         let open_error = |source| Error::Open {
-            url: url.to_owned(),
+            url: super::redacted_url(url),
             source,
         };
+        if !url.starts_with("sqlite:") {
+            // sqlx would take anything else for a file name ("postgres://…" included).
+            return Err(Error::UnsupportedUrl(super::redacted_url(url)));
+        }
         let connect = SqliteConnectOptions::from_str(url)
             .map_err(open_error)?
             .create_if_missing(true)
@@ -291,6 +295,19 @@ mod tests {
     use std::time::Duration;
 
     use crate::store::testing::temp_store;
+
+    #[tokio::test]
+    async fn a_url_it_does_not_open_is_refused_without_its_password() {
+        let err = super::Store::open("postgres://u:s3cret@127.0.0.1:1/db", Default::default())
+            .await
+            .expect_err("not a SQLite URL");
+        let text = crate::scheduler::error_chain(&err);
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("sqlite://PATH") && text.contains("u:***@127.0.0.1"),
+            "{text}"
+        );
+    }
 
     #[tokio::test]
     async fn a_locked_sqlite_database_is_an_error_that_passes() {
