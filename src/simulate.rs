@@ -189,112 +189,74 @@ pub trait Stage: JourneyStore {
     fn deliver(&self, now: Timestamp) -> impl Future<Output = Result<(), store::Error>> + Send;
 }
 
-/// SQLite as a stage: customers, events and suppressions written as the API writes them.
-/// Delivery is the dispatcher's, which needs channels: a stage that delivers wraps the store
-/// with one (tests/it/parity.rs); here `deliver` sends nothing.
-impl Stage for store::Store {
-    async fn put_customer(&self, customer: &Customer, now: Timestamp) -> Result<(), store::Error> {
-        let mut tx = self.begin().await?;
-        tx.put_customer(customer, now).await?;
-        tx.commit().await
-    }
+/// A store whose transactions take customers, events and suppressions as the API writes
+/// them, as a stage: each call one transaction. Delivery is the dispatcher's, which needs
+/// channels: a stage that delivers wraps the store with one (tests/it/parity.rs); here
+/// `deliver` sends nothing.
+macro_rules! transactional_stage {
+    ($store:ty) => {
+        impl Stage for $store {
+            async fn put_customer(
+                &self,
+                customer: &Customer,
+                now: Timestamp,
+            ) -> Result<(), store::Error> {
+                let mut tx = self.begin().await?;
+                tx.put_customer(customer, now).await?;
+                tx.commit().await
+            }
 
-    async fn insert_event(
-        &self,
-        customer: &CustomerId,
-        event: &Event,
-        now: Timestamp,
-    ) -> Result<(), store::Error> {
-        let mut tx = self.begin().await?;
-        tx.insert_event(customer, event, now).await?;
-        tx.commit().await
-    }
+            async fn insert_event(
+                &self,
+                customer: &CustomerId,
+                event: &Event,
+                now: Timestamp,
+            ) -> Result<(), store::Error> {
+                let mut tx = self.begin().await?;
+                tx.insert_event(customer, event, now).await?;
+                tx.commit().await
+            }
 
-    async fn patch_customer(
-        &self,
-        customer: &CustomerId,
-        patch: &CustomerPatch,
-        now: Timestamp,
-    ) -> Result<(), store::Error> {
-        let mut tx = self.begin().await?;
-        let Some(Ok(patched)) = tx.customer(customer).await?.map(|c| patch.clone().apply(c)) else {
-            return Ok(());
-        };
-        tx.put_customer(&patched, now).await?;
-        tx.insert_event(customer, &Event::profile_updated(now), now)
-            .await?;
-        tx.commit().await
-    }
+            async fn patch_customer(
+                &self,
+                customer: &CustomerId,
+                patch: &CustomerPatch,
+                now: Timestamp,
+            ) -> Result<(), store::Error> {
+                let mut tx = self.begin().await?;
+                let Some(Ok(patched)) =
+                    tx.customer(customer).await?.map(|c| patch.clone().apply(c))
+                else {
+                    return tx.end_unwritten().await;
+                };
+                tx.put_customer(&patched, now).await?;
+                tx.insert_event(customer, &Event::profile_updated(now), now)
+                    .await?;
+                tx.commit().await
+            }
 
-    async fn suppress(
-        &self,
-        channel: Channel,
-        address: &str,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<(), store::Error> {
-        let mut tx = self.begin().await?;
-        tx.suppress(channel, address, reason, now).await?;
-        tx.commit().await
-    }
+            async fn suppress(
+                &self,
+                channel: Channel,
+                address: &str,
+                reason: &str,
+                now: Timestamp,
+            ) -> Result<(), store::Error> {
+                let mut tx = self.begin().await?;
+                tx.suppress(channel, address, reason, now).await?;
+                tx.commit().await
+            }
 
-    async fn deliver(&self, _now: Timestamp) -> Result<(), store::Error> {
-        Ok(())
-    }
+            async fn deliver(&self, _now: Timestamp) -> Result<(), store::Error> {
+                Ok(())
+            }
+        }
+    };
 }
 
-/// PostgreSQL as a stage, as SQLite is: customers, events and suppressions written as the
-/// API writes them; `deliver` sends nothing (the outbox on PostgreSQL is a later increment).
-impl Stage for store::PgStore {
-    async fn put_customer(&self, customer: &Customer, now: Timestamp) -> Result<(), store::Error> {
-        let mut tx = self.begin().await?;
-        tx.put_customer(customer, now).await?;
-        tx.commit().await
-    }
-
-    async fn insert_event(
-        &self,
-        customer: &CustomerId,
-        event: &Event,
-        now: Timestamp,
-    ) -> Result<(), store::Error> {
-        let mut tx = self.begin().await?;
-        tx.insert_event(customer, event, now).await?;
-        tx.commit().await
-    }
-
-    async fn patch_customer(
-        &self,
-        customer: &CustomerId,
-        patch: &CustomerPatch,
-        now: Timestamp,
-    ) -> Result<(), store::Error> {
-        let mut tx = self.begin().await?;
-        let Some(Ok(patched)) = tx.customer(customer).await?.map(|c| patch.clone().apply(c)) else {
-            return tx.end_unwritten().await;
-        };
-        tx.put_customer(&patched, now).await?;
-        tx.insert_event(customer, &Event::profile_updated(now), now)
-            .await?;
-        tx.commit().await
-    }
-
-    async fn suppress(
-        &self,
-        channel: Channel,
-        address: &str,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<(), store::Error> {
-        let mut tx = self.begin().await?;
-        tx.suppress(channel, address, reason, now).await?;
-        tx.commit().await
-    }
-
-    async fn deliver(&self, _now: Timestamp) -> Result<(), store::Error> {
-        Ok(())
-    }
-}
+// SQLite and PostgreSQL (whose outbox is a later increment) as stages.
+transactional_stage!(store::Store);
+transactional_stage!(store::PgStore);
 
 impl Stage for MemoryStore {
     async fn put_customer(&self, customer: &Customer, _now: Timestamp) -> Result<(), store::Error> {

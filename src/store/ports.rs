@@ -87,3 +87,26 @@ pub trait JourneyTx {
     /// Ends a transaction that wrote nothing.
     fn end_unwritten(self) -> impl Future<Output = Result<(), Error>> + Send;
 }
+
+/// The fence of [`JourneyTx::write_customers`], the same on every store: the writes whose
+/// planned version is the customer's `version` now, in order, and the ids of those skipped
+/// (to be planned again). A write without a customer is dropped.
+pub(crate) fn fenced(
+    writes: &[CustomerWrite],
+    version: impl Fn(&str) -> Option<i64>,
+) -> (Vec<&CustomerWrite>, Vec<CustomerId>) {
+    let mut conflicted = Vec::new();
+    let current = writes
+        .iter()
+        .filter(|w| {
+            let Some(id) = &w.id else { return false };
+            if version(id.as_str()) == w.version {
+                true
+            } else {
+                conflicted.push(id.clone());
+                false
+            }
+        })
+        .collect();
+    (current, conflicted)
+}

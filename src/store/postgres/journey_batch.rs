@@ -294,19 +294,8 @@ impl PgTx {
             .iter()
             .map(|r| (r.get::<&str, _>(0), r.get(1)))
             .collect();
-        let mut conflicted = Vec::new();
-        let writes: Vec<&CustomerWrite> = writes
-            .iter()
-            .filter(|w| {
-                let Some(id) = &w.id else { return false };
-                if versions.get(id.as_str()).copied() == w.version {
-                    true
-                } else {
-                    conflicted.push(id.clone());
-                    false
-                }
-            })
-            .collect();
+        let (writes, conflicted) =
+            crate::store::ports::fenced(writes, |id| versions.get(id).copied());
         self.write_planned(&writes, now).await?;
         Ok(conflicted)
     }

@@ -238,20 +238,8 @@ impl Tx {
             .iter()
             .map(|r| (r.get::<&str, _>(0), r.get(1)))
             .collect();
-        let mut conflicted = Vec::new();
-        let writes: Vec<&CustomerWrite> = writes
-            .iter()
-            .filter(|w| {
-                let Some(id) = &w.id else { return false };
-                let current = versions.get(id.as_str()).copied();
-                if current == w.version {
-                    true
-                } else {
-                    conflicted.push(id.clone());
-                    false
-                }
-            })
-            .collect();
+        let (writes, conflicted) =
+            crate::store::ports::fenced(writes, |id| versions.get(id).copied());
         self.write_planned(&writes, now).await?;
         Ok(conflicted)
     }
