@@ -43,7 +43,8 @@ impl std::str::FromStr for Secret {
 /// Settings of `trellis serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeConfig {
-    /// The database.
+    /// The database: `sqlite://PATH` (made if missing), or
+    /// `postgres://USER:PASSWORD@HOST/DB` for PostgreSQL 13+ (the database must exist).
     #[arg(
         long,
         env = "TRELLIS_DATABASE_URL",

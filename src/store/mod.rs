@@ -3,10 +3,12 @@
 //! customer's state and writes the step's result — enrollments, outbox messages, profile
 //! changes, conversions — all or nothing.
 //!
-//! The implementation `serve` uses is SQLite (`sqlite/`). The interface is kept narrow and
-//! free of SQLite types so that a PostgreSQL backend can sit beside it: `postgres/`
-//! ([`PgStore`]) implements the journey port so far (docs/design-postgres.md, increment 1).
+//! [`Store`] is SQLite (`sqlite/`, the default) or PostgreSQL (`postgres/`), chosen by the
+//! URL's scheme; `backend` hands each call to the one it holds. Both implement the same
+//! methods and the journey port, and `tests/it/store_conformance.rs` holds them (and the
+//! memory store) to the same cases.
 
+mod backend;
 pub mod memory;
 mod ports;
 mod postgres;
@@ -18,8 +20,9 @@ use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryStore;
 pub use ports::{DueFire, JourneyStore, JourneyTx};
+pub use backend::{Store, Tx};
 pub use postgres::{PgStore, PgTx};
-pub use sqlite::{OpenOptions, Store, Tx};
+pub use sqlite::{OpenOptions, SqliteStore, SqliteTx};
 
 use crate::model::{Channel, CustomerId, Event};
 
@@ -36,7 +39,7 @@ pub enum Error {
         source: sqlx::Error,
     },
     /// A database URL of a kind this store does not open (the URL with its password hidden).
-    #[error("{0}: this store opens `sqlite://PATH` URLs only; PostgreSQL is not served yet")]
+    #[error("{0}: Trellis opens `sqlite://PATH` and `postgres://USER:PASSWORD@HOST/DB` URLs")]
     UnsupportedUrl(String),
     /// Applying migrations.
     #[error("migrating the database")]
@@ -149,6 +152,15 @@ const SQLITE_LOCKED: i32 = 6;
 const SQLITE_IOERR: i32 = 10;
 const SQLITE_FULL: i32 = 13;
 const SQLITE_CANTOPEN: i32 = 14;
+
+/// Records `err` as the reason writes fail, when it is one that passes.
+pub(crate) fn note_failure(health: &std::sync::Mutex<Option<String>>, err: &Error) {
+    if err.is_unavailable()
+        && let Ok(mut failure) = health.lock()
+    {
+        *failure = Some(crate::scheduler::error_chain(err));
+    }
+}
 
 /// Shorthand for a query error with context.
 pub(crate) fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {

@@ -8,9 +8,18 @@ use super::{OpenOptions, Store};
 /// # Panics
 /// When the temporary folder or the database cannot be created: tests cannot go on.
 pub async fn temp_store() -> (Store, tempfile::TempDir) {
+    let (store, dir) = temp_sqlite().await;
+    (Store::Sqlite(store), dir)
+}
+
+/// [`temp_store`] as the SQLite store itself, for the SQLite adapter's own tests.
+///
+/// # Panics
+/// When the file cannot be made or migrated: tests cannot go on.
+pub async fn temp_sqlite() -> (super::SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary folder can be created");
     let url = format!("sqlite://{}", dir.path().join("trellis.db").display());
-    let store = Store::open(&url, OpenOptions::default())
+    let store = super::SqliteStore::open(&url, OpenOptions::default())
         .await
         .expect("a fresh database opens and migrates");
     (store, dir)
@@ -107,6 +116,20 @@ impl Drop for TempSchema {
 /// When the variable is unset (a PostgreSQL case is never skipped silently), or the
 /// database cannot be reached: tests cannot go on.
 pub async fn temp_postgres() -> (super::PgStore, TempSchema) {
+    let (url, guard) = temp_postgres_url().await;
+    let store = super::PgStore::open(&url, OpenOptions::default())
+        .await
+        .expect("a fresh schema opens and migrates");
+    (store, guard)
+}
+
+/// A fresh schema of the database at [`POSTGRES_URL_VAR`] and a URL whose connections use
+/// it (`?options=-c search_path=…`), for what opens a store from a URL, as `serve` does.
+/// Dropping the guard drops the schema.
+///
+/// # Panics
+/// As [`temp_postgres`].
+pub async fn temp_postgres_url() -> (String, TempSchema) {
     use sqlx::Connection as _;
     let url = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
         panic!(
@@ -127,15 +150,12 @@ pub async fn temp_postgres() -> (super::PgStore, TempSchema) {
         .await
         .expect("the test role may create a schema");
     conn.close().await.ok();
-    let guard = TempSchema { url, name };
-    let store = super::PgStore::open_with(
-        admin.options([("search_path", guard.name.as_str())]),
-        OpenOptions::default(),
-        &format!("the test schema {}", guard.name),
-    )
-    .await
-    .expect("a fresh schema opens and migrates");
-    (store, guard)
+    let mut scoped = url::Url::parse(&url)
+        .unwrap_or_else(|e| panic!("{POSTGRES_URL_VAR} is not a URL: {e}"));
+    scoped
+        .query_pairs_mut()
+        .append_pair("options", &format!("-c search_path={name}"));
+    (scoped.to_string(), TempSchema { url, name })
 }
 
 /// 16 random hex digits: the standard library's hasher is seeded at random once per thread

@@ -888,7 +888,7 @@ async fn events_posted_one_by_one_at_once_are_each_stored_once_and_answered_alon
         .count();
     assert_eq!((accepted, duplicates), (20, 20), "{answers:?}");
     let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(app.service.api.store.pool())
+        .fetch_one(app.service.api.store.sqlite_pool().expect("a SQLite store"))
         .await
         .unwrap();
     assert_eq!(stored, 20);

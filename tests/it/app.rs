@@ -1,6 +1,9 @@
 //! The runtime in-process for black-box tests: a real SQLite file, the real scheduler and
 //! dispatcher driven with a manual clock, the API through `Router::oneshot`, and real local
 //! servers for SMTP (aiosmtpd) and a Twilio-shaped SMS API.
+//!
+//! With `TRELLIS_TEST_STORE=postgres`, every app opens a fresh schema of the test PostgreSQL
+//! instead of the SQLite file (`./test.sh` plays the runtime modules a second time so).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -39,6 +42,12 @@ pub struct TestApp {
     pub router: Router,
     pub outbox: PathBuf,
     _dir: tempfile::TempDir,
+    _schema: Option<trellis::store::testing::TempSchema>,
+}
+
+/// Whether test apps run on PostgreSQL (`TRELLIS_TEST_STORE=postgres`) instead of SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("TRELLIS_TEST_STORE").is_ok_and(|v| v == "postgres")
 }
 
 /// Starts the app on a fresh database with the shipped workflows and templates, plus
@@ -51,7 +60,13 @@ pub async fn spawn_app(extra: &[&str]) -> TestApp {
 /// Starts the app with its database in `dir` (kept alive by the app); later flags in `extra`
 /// override the defaults, such as `--workflows`.
 pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[&str]) -> TestApp {
-    let db_url = format!("sqlite://{}", dir.path().join("trellis.db").display());
+    let (db_url, schema) = if on_postgres() {
+        let (url, schema) = trellis::store::testing::temp_postgres_url().await;
+        (url, Some(schema))
+    } else {
+        let path = dir.path().join("trellis.db");
+        (format!("sqlite://{}", path.display()), None)
+    };
     let outbox = dir.path().join("outbox");
     let mut args: Vec<String> = [
         "trellis",
@@ -86,6 +101,7 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, extra: &[&str]) -> TestApp {
         router,
         outbox,
         _dir: dir,
+        _schema: schema,
     }
 }
 

@@ -56,7 +56,7 @@ impl Rng {
 
 /// Every row of every table, as text: equal snapshots mean nothing was written.
 async fn snapshot(app: &TestApp) -> Vec<String> {
-    snapshot_of(app.service.api.store.pool()).await
+    snapshot_of(app.service.api.store.sqlite_pool().expect("a SQLite store")).await
 }
 
 /// [`snapshot`] of any SQLite database.

@@ -332,7 +332,7 @@ async fn an_event_beside_an_enrollment_whose_version_no_longer_loads_is_still_pr
     sqlx::query(
         "UPDATE enrollments SET state = json_set(state, '$.workflow_version', 'gone0000gone0000')",
     )
-    .execute(app.service.scheduler.store.pool())
+    .execute(app.service.scheduler.store.sqlite_pool().expect("a SQLite store"))
     .await
     .unwrap();
     app.call("POST", "/v1/events", Some(ping())).await;

@@ -1,8 +1,9 @@
 //! The simulator and the runtime are one shell: every timeline the simulator tests assert is
-//! also played on the runtime — a real SQLite file built by `serve`, events stored as the API
-//! stores them, the scheduler's drive ticked at each moment on a `ManualClock`, the real
-//! dispatcher delivering to the outbox folder — and the two journals must be identical to
-//! the second, line by line. `helpers::timeline` and `helpers::lines` call [`played_both`].
+//! also played on the runtime, twice — on a real SQLite file built by `serve` and on a fresh
+//! schema of the test PostgreSQL — with events stored as the API stores them, the
+//! scheduler's drive ticked at each moment on a `ManualClock`, and the real dispatcher
+//! delivering to the outbox folder; the three journals must be identical to the second,
+//! line by line. `helpers::timeline` and `helpers::lines` call [`played_both`].
 
 use std::sync::Arc;
 
@@ -115,18 +116,38 @@ impl Stage for Runtime {
     }
 }
 
-/// The journal of the runtime playing the script, with the simulator's shell settings over
-/// `serve`'s catalog registration (the workflows recorded in the database).
+/// The database a runtime plays on.
+#[derive(Debug, Clone, Copy)]
+enum Database {
+    /// A SQLite file in the app's folder.
+    Sqlite,
+    /// A fresh schema of the test PostgreSQL.
+    Postgres,
+}
+
+/// The journal of the runtime playing the script on `database`, with the simulator's shell
+/// settings over `serve`'s catalog registration (the workflows recorded in the database).
 async fn played_on_the_runtime(
     workflows: &[trellis::workflow::Workflow],
     customer: Customer,
     events: Vec<Event>,
     options: &Options,
+    database: Database,
 ) -> Vec<Line> {
     let bounds = simulate::bounds(&events, options).expect("the script has bounds");
-    let runtime = Runtime {
-        app: spawn_app(&[]).await,
+    let (app, _schema) = match database {
+        Database::Sqlite => (spawn_app(&[]).await, None),
+        Database::Postgres => {
+            let (url, schema) = store::testing::temp_postgres_url().await;
+            (spawn_app(&["--database-url", &url]).await, Some(schema))
+        }
     };
+    let runtime = Runtime { app };
+    assert_eq!(
+        runtime.app.service.scheduler.store.postgres_pool().is_some(),
+        matches!(database, Database::Postgres),
+        "the runtime plays on {database:?}"
+    );
     let store = &runtime.app.service.scheduler.store;
     let catalog = Catalog::register(
         store,
@@ -170,24 +191,33 @@ pub fn played_both(
         options.clone(),
     )
     .expect("simulation runs");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime starts")
-        .block_on(played_on_the_runtime(workflows, customer, events, &options));
     let json =
         |lines: &[Line]| -> Vec<String> { lines.iter().map(|l| l.to_json().to_string()).collect() };
-    let (simulated_json, runtime_json) = (json(&simulated), json(&runtime));
-    if let Some(i) = (0..simulated_json.len().max(runtime_json.len()))
-        .find(|&i| simulated_json.get(i) != runtime_json.get(i))
-    {
-        panic!(
-            "the simulator and the runtime differ at line {i} of {}/{}:\n  simulator: {}\n  runtime:   {}",
-            simulated_json.len(),
-            runtime_json.len(),
-            simulated_json.get(i).map_or("(none)", String::as_str),
-            runtime_json.get(i).map_or("(none)", String::as_str),
-        );
+    let simulated_json = json(&simulated);
+    for database in [Database::Sqlite, Database::Postgres] {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime starts")
+            .block_on(played_on_the_runtime(
+                workflows,
+                customer.clone(),
+                events.clone(),
+                &options,
+                database,
+            ));
+        let runtime_json = json(&runtime);
+        if let Some(i) = (0..simulated_json.len().max(runtime_json.len()))
+            .find(|&i| simulated_json.get(i) != runtime_json.get(i))
+        {
+            panic!(
+                "the simulator and the runtime on {database:?} differ at line {i} of {}/{}:\n  simulator: {}\n  runtime:   {}",
+                simulated_json.len(),
+                runtime_json.len(),
+                simulated_json.get(i).map_or("(none)", String::as_str),
+                runtime_json.get(i).map_or("(none)", String::as_str),
+            );
+        }
     }
     simulated
 }
@@ -218,13 +248,22 @@ fn a_difference_between_the_two_is_reported() {
         },
         ..Options::default()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(played_on_the_runtime(&[workflow], ada, events, &capped));
-    assert_ne!(
-        simulated.iter().map(Line::to_json).collect::<Vec<_>>(),
-        runtime.iter().map(Line::to_json).collect::<Vec<_>>()
-    );
+    for database in [Database::Sqlite, Database::Postgres] {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(played_on_the_runtime(
+                std::slice::from_ref(&workflow),
+                ada.clone(),
+                events.clone(),
+                &capped,
+                database,
+            ));
+        assert_ne!(
+            simulated.iter().map(Line::to_json).collect::<Vec<_>>(),
+            runtime.iter().map(Line::to_json).collect::<Vec<_>>(),
+            "{database:?}"
+        );
+    }
 }

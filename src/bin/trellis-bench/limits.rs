@@ -58,7 +58,7 @@ async fn due_enrollments(dir: &Path, n: usize) -> anyhow::Result<(Store, String,
     trellis::scheduler::Catalog::register(&store, vec![workflow.clone()], Vec::new(), now).await?;
     let state = enrollment_state(&workflow, now);
     let version = workflow.source.version.clone();
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.sqlite_pool().expect("the bench measures SQLite").begin().await?;
     for i in 0..n {
         sqlx::query(
             "INSERT INTO enrollments (id, workflow_id, workflow_version, customer_id, active, node, wake_at, state, entered_at, updated_at)
@@ -80,7 +80,7 @@ async fn due_enrollments(dir: &Path, n: usize) -> anyhow::Result<(Store, String,
 /// of the way: the database's own limit.
 pub async fn sqlite_steps_c_api(dir: &Path, n: usize) -> anyhow::Result<f64> {
     let (store, version, now) = due_enrollments(dir, n).await?;
-    store.pool().close().await;
+    store.sqlite_pool().expect("the bench measures SQLite").close().await;
     drop(store);
     let payload = serde_json::to_string(&email_payload(0))?;
     let file = dir.join("trellis.db");
@@ -94,7 +94,7 @@ pub async fn sqlite_steps_c_api(dir: &Path, n: usize) -> anyhow::Result<f64> {
 /// one's next state and one outbox row, commit; until none is due.
 pub async fn sqlite_steps(dir: &Path, n: usize) -> anyhow::Result<f64> {
     let (store, version, now) = due_enrollments(dir, n).await?;
-    let pool = store.pool();
+    let pool = store.sqlite_pool().expect("the bench measures SQLite");
     let payload = serde_json::to_string(&email_payload(0))?;
     let at = now.as_millisecond();
     let started = Instant::now();
@@ -156,7 +156,7 @@ pub async fn sqlite_steps(dir: &Path, n: usize) -> anyhow::Result<f64> {
 /// a transaction, as one batch request carries.
 pub async fn raw_event_inserts(dir: &Path, n: usize) -> anyhow::Result<f64> {
     let store = Store::open(&workload::database_url(dir), OpenOptions::default()).await?;
-    let pool = store.pool();
+    let pool = store.sqlite_pool().expect("the bench measures SQLite");
     let at = Timestamp::UNIX_EPOCH.as_millisecond();
     let started = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {

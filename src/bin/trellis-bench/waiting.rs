@@ -110,7 +110,7 @@ pub async fn broadcast_child(dir: &Path, n: usize) -> anyhow::Result<()> {
     let enroll_seconds = started.elapsed().as_secs_f64();
     let (active,): (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM enrollments WHERE active = 1 AND node = 'hold'")
-            .fetch_one(ctx.store.pool())
+            .fetch_one(ctx.store.sqlite_pool().expect("the bench measures SQLite"))
             .await?;
     if fired != n || usize::try_from(active)? != n {
         bail!("{fired} occurrences handled and {active} customers waiting, not {n}");
@@ -255,7 +255,7 @@ pub async fn lateness(rate: usize, seconds: usize) -> anyhow::Result<Vec<Row>> {
         .clone();
     let updated: std::collections::HashMap<String, (i64, i64)> =
         sqlx::query_as("SELECT id, active, updated_at FROM enrollments")
-            .fetch_all(service.scheduler.store.pool())
+            .fetch_all(service.scheduler.store.sqlite_pool().expect("the bench measures SQLite"))
             .await?
             .into_iter()
             .map(|(id, active, updated): (String, i64, i64)| (id, (active, updated)))

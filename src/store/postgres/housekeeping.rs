@@ -7,6 +7,36 @@ use super::*;
 use crate::store::millis;
 
 impl PgStore {
+    /// A setting, such as the unsubscribe signing key; created with `make` when absent. Two
+    /// runners starting together agree: the first insert wins and both read it.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn setting_or_insert(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> String,
+    ) -> Result<String, Error> {
+        let read = |name: &str| {
+            sqlx::query_scalar::<_, String>("SELECT value FROM settings WHERE name = $1")
+                .bind(name.to_owned())
+                .fetch_optional(&self.pool)
+        };
+        if let Some(value) = read(name).await.map_err(query("reading a setting"))? {
+            return Ok(value);
+        }
+        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(name)
+            .bind(make())
+            .execute(&self.pool)
+            .await
+            .map_err(query("writing a setting"))?;
+        read(name)
+            .await
+            .map_err(query("reading a setting"))?
+            .ok_or(Error::Constraint(format!("the setting {name} vanished as it was made")))
+    }
+
     /// The workflows paused.
     ///
     /// # Errors

@@ -1,7 +1,6 @@
-//! What the API and `trellis import` write, on PostgreSQL: so far profiles, events and
-//! suppressions (what the simulator's `Stage` and the conformance suite need). The rest of
-//! `store::sqlite::ingest` (opt-outs, erasure, lookups by address) comes with the API
-//! (docs/design-postgres.md §9, increment 3).
+//! What the API and `trellis import` write, on PostgreSQL: profiles, events, suppressions,
+//! opt-outs' cancellations and erasure, and the lookups by address that inbound replies and
+//! bounces need, as `store::sqlite::ingest` does them.
 
 use std::collections::BTreeSet;
 
@@ -154,5 +153,137 @@ impl PgTx {
         .await
         .map_err(query("suppressing an address"))?;
         Ok(())
+    }
+
+    /// Customers whose profile has this phone number (E.164) or email address (in any
+    /// case), through the expression indexes `customers_by_email`/`customers_by_phone`.
+    ///
+    /// # Errors
+    /// On a database or decode error.
+    pub async fn customers_by_address(
+        &mut self,
+        channel: crate::model::Channel,
+        address: &str,
+    ) -> Result<Vec<Customer>, Error> {
+        let sql = match channel {
+            crate::model::Channel::Email => {
+                "SELECT profile::text FROM customers WHERE lower(profile ->> 'email') = lower($1) ORDER BY id"
+            }
+            crate::model::Channel::Sms => {
+                "SELECT profile::text FROM customers WHERE profile ->> 'phone' = $1 ORDER BY id"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(address)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(query("finding customers by address"))?;
+        rows.iter()
+            .map(|r| customer_from(r.get::<&str, _>(0)))
+            .collect()
+    }
+
+    /// Why an address is suppressed, if it is.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn suppression(
+        &mut self,
+        channel: crate::model::Channel,
+        address: &str,
+    ) -> Result<Option<String>, Error> {
+        let row = sqlx::query(
+            "SELECT reason FROM suppressions WHERE channel = $1 AND address = lower($2)",
+        )
+        .bind(channel.as_str())
+        .bind(address)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(query("reading suppressions"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Cancels the customer's queued marketing messages on `channel` (after an opt-out).
+    /// Transactional messages, which need no marketing consent, stay.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn cancel_pending(
+        &mut self,
+        id: &CustomerId,
+        channel: crate::model::Channel,
+        now: Timestamp,
+    ) -> Result<u64, Error> {
+        let done = sqlx::query(
+            "UPDATE messages SET status = 'cancelled', last_error = 'the customer unsubscribed', updated_at = $3
+             WHERE customer_id = $1 AND channel = $2 AND status = 'pending' AND category = 'marketing'",
+        )
+        .bind(id.as_str())
+        .bind(channel.as_str())
+        .bind(millis(now))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("cancelling queued messages"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Erases a customer's personal data, as on SQLite: the profile (and its lease row)
+    /// goes, events keep their name and time under an anonymous id, pending messages are
+    /// cancelled, message bodies are cleared, active enrollments end. Counts survive. False
+    /// when there was no such customer.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn erase_customer(&mut self, id: &CustomerId, now: Timestamp) -> Result<bool, Error> {
+        let anonymous = format!(
+            "erased-{}",
+            crate::engine::hash::hex_digest(&[id.as_str()], 16)
+        );
+        let gone = sqlx::query("DELETE FROM customers WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query("erasing a customer"))?
+            .rows_affected()
+            > 0;
+        // Each statement binds exactly the parameters it names: PostgreSQL refuses a
+        // parameter whose type it cannot infer.
+        let moves = [
+            "UPDATE events SET customer_id = $2, properties = '{}', id = NULL WHERE customer_id = $1",
+            "UPDATE messages SET customer_id = $2, payload = '{\"channel\":\"none\"}' WHERE customer_id = $1",
+            "UPDATE enrollments SET customer_id = $2, active = false, wake_at = NULL, node = NULL, state = '{}' WHERE customer_id = $1",
+            "UPDATE conversions SET customer_id = $2 WHERE customer_id = $1",
+            "UPDATE trigger_fires SET customer_id = $2 WHERE customer_id = $1",
+        ];
+        let removals = [
+            "DELETE FROM segment_members WHERE customer_id = $1",
+            "DELETE FROM scheduled_fires WHERE customer_id = $1",
+            "DELETE FROM customer_leases WHERE customer_id = $1",
+        ];
+        sqlx::query(
+            "UPDATE messages SET status = 'cancelled', updated_at = $2
+             WHERE customer_id = $1 AND status IN ('pending', 'sending')",
+        )
+        .bind(id.as_str())
+        .bind(millis(now))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("erasing a customer's data"))?;
+        for sql in moves {
+            sqlx::query(sql)
+                .bind(id.as_str())
+                .bind(&anonymous)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(query("erasing a customer's data"))?;
+        }
+        for sql in removals {
+            sqlx::query(sql)
+                .bind(id.as_str())
+                .execute(&mut *self.tx)
+                .await
+                .map_err(query("erasing a customer's data"))?;
+        }
+        Ok(gone)
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use super::*;
 use crate::engine::Enrollment;
 use crate::journey::{CustomerState, CustomerWrite, LoadSpec};
-use crate::store::{DueFire, StoredEvent, millis};
+use crate::store::{DueFire, NewMessage, StoredEvent, millis};
 
 impl PgTx {
     /// A customer's profile.
@@ -96,6 +96,71 @@ impl PgTx {
         rows.iter()
             .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(decode("an enrollment")))
             .collect()
+    }
+}
+
+impl PgTx {
+    /// Writes an enrollment's state.
+    ///
+    /// # Errors
+    /// On a database error, such as a second active enrollment in the same workflow.
+    pub async fn save_enrollment(&mut self, e: &Enrollment, now: Timestamp) -> Result<(), Error> {
+        let state = serde_json::to_string(e).expect("an enrollment always serializes");
+        sqlx::query(
+            "INSERT INTO enrollments (customer_id, id, workflow_id, workflow_version, active, node, wake_at, state, entered_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10)
+             ON CONFLICT (customer_id, id) DO UPDATE SET active = excluded.active, node = excluded.node,
+               wake_at = excluded.wake_at, state = excluded.state, updated_at = excluded.updated_at",
+        )
+        .bind(e.customer_id.as_str())
+        .bind(&e.id)
+        .bind(e.workflow_id.as_str())
+        .bind(&e.workflow_version)
+        .bind(e.is_active())
+        .bind(e.current_node().map(|n| n.as_str()))
+        .bind(e.next_wake().map(millis))
+        .bind(state)
+        .bind(millis(e.entered_at))
+        .bind(millis(now))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("writing an enrollment"))?;
+        Ok(())
+    }
+
+    /// Adds a message to the outbox; a message whose key exists already is left as it is,
+    /// unless it was `held`, in which case this is the decision that follows the hold.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn insert_message(&mut self, m: &NewMessage, now: Timestamp) -> Result<(), Error> {
+        let payload = serde_json::to_string(&m.payload).expect("a payload always serializes");
+        sqlx::query(
+            "INSERT INTO messages (customer_id, key, enrollment_id, workflow_id, node, channel, template, status, payload, next_attempt_at, last_error, created_at, updated_at, category, counts_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $10, $10, $12, $13)
+             ON CONFLICT (customer_id, key) DO UPDATE SET status = excluded.status, payload = excluded.payload,
+               channel = excluded.channel, last_error = excluded.last_error,
+               next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at,
+               counts_at = excluded.counts_at
+             WHERE messages.status = 'held'",
+        )
+        .bind(&m.customer_id)
+        .bind(&m.key)
+        .bind(&m.enrollment_id)
+        .bind(&m.workflow_id)
+        .bind(&m.node)
+        .bind(m.payload.channel_name())
+        .bind(&m.template)
+        .bind(m.status.as_str())
+        .bind(payload)
+        .bind(millis(now))
+        .bind(&m.note)
+        .bind(if m.transactional { "transactional" } else { "marketing" })
+        .bind(m.cap.map(|mark| millis(mark.at())))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("writing an outbox message"))?;
+        Ok(())
     }
 }
 

@@ -1,8 +1,8 @@
-//! The PostgreSQL store (docs/design-postgres.md, increment 1): a pool opened from a
-//! `postgres://` URL, migrations of its own from `migrations/postgres/`, and READ COMMITTED
-//! transactions. So far it implements the journey port (`JourneyStore`/`JourneyTx`) and what
-//! the simulator's `Stage` needs to seed it; the outbox, the API's reads and writes and the
-//! several-runner leases come in later increments.
+//! The PostgreSQL store (docs/design-postgres.md): a pool opened from a `postgres://` URL,
+//! migrations of its own from `migrations/postgres/`, and READ COMMITTED transactions. It
+//! implements every method of `store::sqlite` and the journey port, so `serve`, the CLI and
+//! the simulator's `Stage` run on it as they do on SQLite. The several-runner leases
+//! (§5) come in the next increment: until then, one runner per database.
 //!
 //! Times are BIGINT milliseconds, as on SQLite. JSON columns are `jsonb`: values go in as
 //! text cast to `jsonb` (or inside one `jsonb` array of rows) and come out as `::text`, so
@@ -11,7 +11,8 @@
 //! One module per concern, the same split as `store::sqlite`: `journey` (the due queries and
 //! the port's impls), `journey_batch` (a wave's load and write), `ingest` (customers, events
 //! and suppressions as the API writes them) and `housekeeping` (pause flags, workflow
-//! versions, the sweep's paging, computed traits).
+//! versions, the sweep's paging, computed traits, settings), `outbox` (claims, outcomes,
+//! delivery reports) and `read_models` (what the API shows).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -27,6 +28,8 @@ mod housekeeping;
 mod ingest;
 mod journey;
 mod journey_batch;
+mod outbox;
+mod read_models;
 
 /// The migrations of `migrations/postgres/`, with their own `_sqlx_migrations` table.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -35,13 +38,20 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Why the last write failed for a reason that passes, until a write commits again;
+    /// `/healthz` reports it.
+    write_failure: Health,
 }
+
+/// The reason writes fail now, shared by a store and its transactions.
+type Health = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 
 /// One READ COMMITTED transaction. Dropped without [`PgTx::commit`], it rolls back (sqlx
 /// queues the ROLLBACK, and the pool's ping on release sends it, so the connection holds no
 /// row locks once back in the pool).
 pub struct PgTx {
     tx: Transaction<'static, Postgres>,
+    health: Health,
 }
 
 /// `url` with its password hidden, for error messages.
@@ -94,7 +104,10 @@ impl PgStore {
                 source,
             })?;
         MIGRATOR.run(&pool).await.map_err(Error::Migrate)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            write_failure: Health::default(),
+        })
     }
 
     /// The connection pool, for tests that look at what was stored.
@@ -107,12 +120,47 @@ impl PgStore {
     /// # Errors
     /// When no connection could be had in time, or the database refuses.
     pub async fn begin(&self) -> Result<PgTx, Error> {
-        let tx = self
-            .pool
-            .begin()
+        let tx = self.pool.begin().await.map_err(|e| {
+            let err = query("beginning a transaction")(e);
+            super::note_failure(&self.write_failure, &err);
+            err
+        })?;
+        Ok(PgTx {
+            tx,
+            health: std::sync::Arc::clone(&self.write_failure),
+        })
+    }
+
+    /// Whether writes work: `Err` with the reason while the last write failed for a reason
+    /// that passes (disk full, no connection), until a write commits again. While failing,
+    /// each call tries a one-row write, so health turns good by itself once the cause goes.
+    ///
+    /// # Errors
+    /// The reason writes fail.
+    pub async fn write_health(&self) -> Result<(), String> {
+        let failing = self
+            .write_failure
+            .lock()
+            .map(|f| f.is_some())
+            .unwrap_or(true);
+        if !failing {
+            return Ok(());
+        }
+        let probe = async {
+            let mut tx = self.begin().await?;
+            sqlx::query(
+                "INSERT INTO settings (name, value) VALUES ('write_probe', $1)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(std::process::id().to_string())
+            .execute(&mut *tx.tx)
             .await
-            .map_err(query("beginning a transaction"))?;
-        Ok(PgTx { tx })
+            .map_err(query("probing a write"))?;
+            tx.commit().await
+        };
+        probe
+            .await
+            .map_err(|err| crate::scheduler::error_chain(&err))
     }
 
     /// Whether the database answers.
@@ -134,7 +182,19 @@ impl PgTx {
     /// # Errors
     /// When the commit fails; nothing was written.
     pub async fn commit(self) -> Result<(), Error> {
-        self.tx.commit().await.map_err(query("committing"))
+        let health = self.health;
+        match self.tx.commit().await.map_err(query("committing")) {
+            Ok(()) => {
+                if let Ok(mut failure) = health.lock() {
+                    *failure = None;
+                }
+                Ok(())
+            }
+            Err(err) => {
+                super::note_failure(&health, &err);
+                Err(err)
+            }
+        }
     }
 
     /// Ends a transaction that wrote nothing (it commits, which frees the connection at

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Store {
+impl SqliteStore {
     /// A setting, such as the unsubscribe signing key; created with `make` when absent.
     ///
     /// # Errors
@@ -118,7 +118,7 @@ impl Store {
     }
 }
 
-impl Tx {
+impl SqliteTx {
     /// Records a loaded workflow version and makes it current; keeps the paused flag.
     ///
     /// # Errors

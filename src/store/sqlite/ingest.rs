@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Tx {
+impl SqliteTx {
     /// Creates or replaces a customer's profile.
     ///
     /// # Errors
@@ -64,7 +64,7 @@ impl Tx {
         })
     }
 
-    /// [`Tx::insert_event`] for many events, in order, in three statements: minimal profiles
+    /// [`SqliteTx::insert_event`] for many events, in order, in three statements: minimal profiles
     /// for unknown customers, the ids already stored, the events. An event whose id was
     /// stored before, or appears earlier in `events`, is a duplicate (and, as one by one, uses
     /// up a sequence number).

@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl Tx {
+impl SqliteTx {
     /// A customer's profile.
     ///
     /// # Errors
@@ -157,15 +157,15 @@ impl Tx {
     }
 }
 
-impl crate::store::JourneyStore for Store {
-    type Tx = Tx;
+impl crate::store::JourneyStore for SqliteStore {
+    type Tx = SqliteTx;
 
-    async fn begin(&self) -> Result<Tx, Error> {
-        Store::begin(self).await
+    async fn begin(&self) -> Result<SqliteTx, Error> {
+        SqliteStore::begin(self).await
     }
 
     async fn paused(&self) -> Result<BTreeSet<String>, Error> {
-        Store::paused(self).await
+        SqliteStore::paused(self).await
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>, Error> {
@@ -186,7 +186,7 @@ impl crate::store::JourneyStore for Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<CustomerId>, Error> {
-        Store::customer_ids_after(self, after, limit).await
+        SqliteStore::customer_ids_after(self, after, limit).await
     }
 
     async fn load_customers(
@@ -194,11 +194,11 @@ impl crate::store::JourneyStore for Store {
         ids: &[CustomerId],
         spec: &LoadSpec,
     ) -> Result<Vec<CustomerState>, Error> {
-        Store::load_customers(self, ids, spec).await
+        SqliteStore::load_customers(self, ids, spec).await
     }
 
     async fn order_stats(&self) -> Result<Vec<crate::traits::OrderStats>, Error> {
-        Store::order_stats(self).await
+        SqliteStore::order_stats(self).await
     }
 
     async fn write_traits(
@@ -206,13 +206,13 @@ impl crate::store::JourneyStore for Store {
         traits: &[crate::traits::Traits],
         now: Timestamp,
     ) -> Result<(), Error> {
-        Store::write_traits(self, traits, now).await
+        SqliteStore::write_traits(self, traits, now).await
     }
 }
 
-impl crate::store::JourneyTx for Tx {
+impl crate::store::JourneyTx for SqliteTx {
     async fn pending_events(&mut self, limit: u32) -> Result<Vec<StoredEvent>, Error> {
-        Tx::pending_events(self, limit).await
+        SqliteTx::pending_events(self, limit).await
     }
 
     async fn due_enrollments(
@@ -220,7 +220,7 @@ impl crate::store::JourneyTx for Tx {
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<Enrollment>, Error> {
-        Tx::due_enrollments(self, now, limit).await
+        SqliteTx::due_enrollments(self, now, limit).await
     }
 
     async fn due_fires(
@@ -228,7 +228,7 @@ impl crate::store::JourneyTx for Tx {
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<crate::store::DueFire>, Error> {
-        Tx::due_fires(self, now, limit).await
+        SqliteTx::due_fires(self, now, limit).await
     }
 
     async fn write_customers(
@@ -236,15 +236,15 @@ impl crate::store::JourneyTx for Tx {
         writes: &[CustomerWrite],
         now: Timestamp,
     ) -> Result<Vec<CustomerId>, Error> {
-        Tx::write_customers(self, writes, now).await
+        SqliteTx::write_customers(self, writes, now).await
     }
 
     async fn commit(self) -> Result<(), Error> {
-        Tx::commit(self).await
+        SqliteTx::commit(self).await
     }
 
     async fn end_unwritten(self) -> Result<(), Error> {
-        Tx::end_unwritten(self).await
+        SqliteTx::end_unwritten(self).await
     }
 }
 
@@ -253,7 +253,7 @@ mod tests {
     use super::*;
 
     /// How SQLite plans `sql`, one line per step.
-    async fn plan_of(store: &Store, sql: &str) -> String {
+    async fn plan_of(store: &SqliteStore, sql: &str) -> String {
         let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
             .bind("ada")
             .bind(0_i64)
@@ -270,7 +270,7 @@ mod tests {
     async fn a_customers_occurrences_are_read_through_an_index_not_a_scan() {
         // The primary key starts with the workflow: without its own index this read scanned
         // every occurrence of every broadcast, once per customer a fire visits.
-        let (store, _dir) = crate::store::testing::temp_store().await;
+        let (store, _dir) = crate::store::testing::temp_sqlite().await;
         let plan = plan_of(&store, super::super::journey_batch::WAVE_FIRED).await;
         assert!(plan.contains("trigger_fires_by_customer"), "{plan}");
     }

@@ -27,7 +27,7 @@ fn channel_of(name: &str) -> Channel {
 pub(super) const WAVE_FIRED: &str = "SELECT customer_id, workflow_id, occurrence FROM trigger_fires
      WHERE customer_id IN (SELECT value FROM json_each(?1)) AND occurrence >= ?2";
 
-impl Store {
+impl SqliteStore {
     /// What the journey shell consults about a wave of distinct customers, in `ids`' order,
     /// outside the write lock: one read snapshot (a deferred transaction that only reads), so
     /// the shell plans while others write; the write that follows is fenced by the versions
@@ -107,7 +107,7 @@ pub(super) async fn load_wave(
         }
 
         if let Some(since) = spec.sends_since {
-            // Exactly the rows written with a cap mark (see `Tx::recent_sends`).
+            // Exactly the rows written with a cap mark (see `SqliteTx::recent_sends`).
             let rows = sqlx::query(
                 "SELECT customer_id, channel, counts_at FROM messages
                  WHERE customer_id IN (SELECT value FROM json_each(?1))
@@ -214,7 +214,7 @@ pub(super) async fn load_wave(
     }
 }
 
-impl Tx {
+impl SqliteTx {
     /// Writes what the journey shell planned for a wave of distinct customers: at most twelve statements,
     /// each skipped when it has no rows.
     ///
@@ -347,7 +347,7 @@ impl Tx {
             "writing segment membership",
         )
         .await?;
-        // As `Tx::insert_message`: a key is written once, unless its row is held.
+        // As `SqliteTx::insert_message`: a key is written once, unless its row is held.
         self.each(
             &messages,
             "INSERT INTO messages (key, enrollment_id, workflow_id, node, customer_id, channel, template, status, payload, next_attempt_at, last_error, created_at, updated_at, category, counts_at)
@@ -364,7 +364,7 @@ impl Tx {
             "writing outbox messages",
         )
         .await?;
-        // As `Tx::record_conversion`: credited to the workflow's last message sent within the
+        // As `SqliteTx::record_conversion`: credited to the workflow's last message sent within the
         // attribution window.
         self.each(
             &conversions,
@@ -395,7 +395,7 @@ impl Tx {
             "writing enrollments",
         )
         .await?;
-        // As `Tx::schedule_fire`: an occurrence already due and not yet handled is kept.
+        // As `SqliteTx::schedule_fire`: an occurrence already due and not yet handled is kept.
         self.each(
             &scheduled,
             "INSERT INTO scheduled_fires (workflow_id, customer_id, fire_at)

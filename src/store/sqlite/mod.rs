@@ -7,7 +7,7 @@
 //! spend most of their time asleep. The busy timeout still covers other processes (the CLI,
 //! a backup) that write to the same file.
 //!
-//! One module per concern, each adding to `Store` and `Tx`: `journey` (what a scheduler
+//! One module per concern, each adding to `SqliteStore` and `SqliteTx`: `journey` (what a scheduler
 //! step reads and writes), `outbox` (claims, outcomes, delivery reports), `ingest` (what the
 //! API and import write), `housekeeping` (settings, workflow versions, the sweep, traits) and
 //! `read_models` (what the API shows).
@@ -23,7 +23,7 @@ use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{
-    AttemptOutcome, EnrollmentView, Error, Inserted, MessageView, NewMessage, OutboxMessage,
+    note_failure, AttemptOutcome, EnrollmentView, Error, Inserted, MessageView, NewMessage, OutboxMessage,
     StoredEvent, decode, from_millis, millis, query,
 };
 use crate::engine::{Enrollment, Status};
@@ -66,7 +66,7 @@ impl Default for OpenOptions {
 
 /// The database.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct SqliteStore {
     pool: SqlitePool,
     write_gate: Arc<Mutex<()>>,
     gate_wait: Duration,
@@ -75,8 +75,8 @@ pub struct Store {
     write_failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
-/// One `BEGIN IMMEDIATE` transaction. Dropped without [`Tx::commit`], it rolls back.
-pub struct Tx {
+/// One `BEGIN IMMEDIATE` transaction. Dropped without [`SqliteTx::commit`], it rolls back.
+pub struct SqliteTx {
     tx: Transaction<'static, Sqlite>,
     health: Arc<std::sync::Mutex<Option<String>>>,
     // Declared after `tx`, so the gate opens only once the transaction is dropped. sqlx only
@@ -87,7 +87,7 @@ pub struct Tx {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `url`, such as
     /// `sqlite://trellis.db`.
     ///
@@ -155,7 +155,7 @@ impl Store {
     ///
     /// # Errors
     /// When the lock cannot be had within the busy timeout.
-    pub async fn begin(&self) -> Result<Tx, Error> {
+    pub async fn begin(&self) -> Result<SqliteTx, Error> {
         let waiting = Arc::clone(&self.write_gate).lock_owned();
         let gate = tokio::time::timeout(self.gate_wait, waiting)
             .await
@@ -164,20 +164,20 @@ impl Store {
     }
 
     /// Starts the write transaction once this process's write gate is held.
-    async fn begin_holding(&self, gate: OwnedMutexGuard<()>) -> Result<Tx, Error> {
+    async fn begin_holding(&self, gate: OwnedMutexGuard<()>) -> Result<SqliteTx, Error> {
         let tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| self.note(query("beginning a transaction")(e)))?;
-        Ok(Tx {
+        Ok(SqliteTx {
             tx,
             health: Arc::clone(&self.write_failure),
             _gate: gate,
         })
     }
 
-    /// Remembers a passing write failure for [`Store::write_health`].
+    /// Remembers a passing write failure for [`SqliteStore::write_health`].
     fn note(&self, err: Error) -> Error {
         note_failure(&self.write_failure, &err);
         err
@@ -247,16 +247,8 @@ fn event_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Event, Error> {
     })
 }
 
-/// Records `err` as the reason writes fail, when it is one that passes.
-fn note_failure(health: &std::sync::Mutex<Option<String>>, err: &Error) {
-    if err.is_unavailable()
-        && let Ok(mut failure) = health.lock()
-    {
-        *failure = Some(crate::scheduler::error_chain(err));
-    }
-}
 
-impl Tx {
+impl SqliteTx {
     /// Ends a transaction that wrote nothing: the lock goes now rather than by the rollback
     /// sqlx queues on drop, and, having written nothing, it says nothing of write health.
     ///
@@ -298,7 +290,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_url_it_does_not_open_is_refused_without_its_password() {
-        let err = super::Store::open("postgres://u:s3cret@127.0.0.1:1/db", Default::default())
+        let err = super::SqliteStore::open("postgres://u:s3cret@127.0.0.1:1/db", Default::default())
             .await
             .expect_err("not a SQLite URL");
         let text = crate::scheduler::error_chain(&err);

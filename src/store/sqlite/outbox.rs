@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Store {
+impl SqliteStore {
     /// Messages that were on the wire when the process stopped go back to pending, so they
     /// are sent again with the same key. Called once at startup by the only runner.
     ///
@@ -70,7 +70,7 @@ impl Store {
 
     /// Claims, in one transaction, up to `limit` due messages of each `(channel, limit)`
     /// pair's channel (`messages.channel`: `email`, `sms`, `webhook`), with the same checks
-    /// as [`Store::claim_messages`]; returns each pair's claimed messages, in the pairs'
+    /// as [`SqliteStore::claim_messages`]; returns each pair's claimed messages, in the pairs'
     /// order. Each channel's candidates are its own oldest due messages, so a backlog on one
     /// channel never takes another's place. A pair with limit 0 claims nothing.
     ///
@@ -112,7 +112,7 @@ impl Store {
     }
 
     /// Records the outcomes of a batch of attempts in a transaction of its own
-    /// ([`Tx::record_attempts`]).
+    /// ([`SqliteTx::record_attempts`]).
     ///
     /// # Errors
     /// On a database error.
@@ -127,7 +127,7 @@ impl Store {
     }
 }
 
-impl Tx {
+impl SqliteTx {
     /// Records the outcomes of a batch of attempts, each as an `attempts` row plus the
     /// message's new status, in five multi-row statements whatever the batch's size.
     ///
@@ -254,7 +254,7 @@ const CHANNEL_CANDIDATES: &str =
 /// Checks consent and suppressions once more for `candidates` (not empty), cancelling or
 /// suppressing those that must not leave, then marks the rest `sending` and returns them.
 async fn claim_candidates(
-    tx: &mut Tx,
+    tx: &mut SqliteTx,
     now: Timestamp,
     candidates: Vec<String>,
 ) -> Result<Vec<OutboxMessage>, Error> {
@@ -312,7 +312,7 @@ async fn claim_candidates(
     Ok(claimed)
 }
 
-impl Tx {
+impl SqliteTx {
     /// Records a provider's delivery report; a failure report also sets the last error.
     /// Reports can arrive out of order (a gateway sends each as its own request), so an
     /// interim report (`final_report` false) never replaces a final one. False when no
@@ -362,7 +362,7 @@ mod tests {
     use super::*;
 
     /// A pending message of `channel`, due at `due` ms, to customer `customer`.
-    async fn queue(store: &Store, key: &str, channel: &str, customer: &str, due: i64) {
+    async fn queue(store: &SqliteStore, key: &str, channel: &str, customer: &str, due: i64) {
         let payload = match channel {
             "email" => {
                 r#"{"channel":"email","to":"a@example.com","subject":"","html":"","text":"","unsubscribe":""}"#
@@ -387,7 +387,7 @@ mod tests {
         .unwrap();
     }
 
-    async fn status_of(store: &Store, key: &str) -> String {
+    async fn status_of(store: &SqliteStore, key: &str) -> String {
         sqlx::query_scalar("SELECT status FROM messages WHERE key = ?")
             .bind(key)
             .fetch_one(store.pool())
@@ -397,7 +397,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_channel_is_claimed_up_to_its_own_limit_with_the_same_last_moment_checks() {
-        let (store, _dir) = crate::store::testing::temp_store().await;
+        let (store, _dir) = crate::store::testing::temp_sqlite().await;
         for sql in [
             "INSERT INTO workflows (id, current_version) VALUES ('wf', 'v1')",
             r#"INSERT INTO customers (id, profile, created_at, updated_at) VALUES
@@ -442,7 +442,7 @@ mod tests {
     #[tokio::test]
     async fn a_channels_candidates_are_read_through_its_own_index_without_a_sort() {
         // Through `messages_due` alone, a claim of the next SMS walked every due email first.
-        let (store, _dir) = crate::store::testing::temp_store().await;
+        let (store, _dir) = crate::store::testing::temp_sqlite().await;
         let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {CHANNEL_CANDIDATES}"))
             .bind(0_i64)
             .bind(16_i64)
