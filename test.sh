@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine with nothing preinstalled: installs or starts what
-# the tests need, then runs `cargo test` and the API contract check. `.ci/run` calls this
+# the tests need, then runs `cargo test`, the runtime's black-box tests a second time on
+# PostgreSQL, and the API contract check. `.ci/run` calls this
 # same script. Extra arguments go to `cargo test` (e.g. `./test.sh import`).
 #
 # What it brings, each only when missing:
@@ -68,6 +69,13 @@ export TRELLIS_TEST_POSTGRES_URL
 # --- the tests ------------------------------------------------------------------------------
 say "cargo test"
 cargo test --locked --features crash-points "$@"
+
+if [ $# -eq 0 ]; then
+  # The runtime's black-box tests once more, every app on a fresh PostgreSQL schema instead
+  # of a SQLite file (tests/it/app.rs reads TRELLIS_TEST_STORE).
+  say "cargo test --test it, on PostgreSQL"
+  TRELLIS_TEST_STORE=postgres cargo test --locked --features crash-points --test it
+fi
 
 if [ $# -eq 0 ] && [ -x tests/support/schemathesis.sh ]; then
   say "the API contract (schemathesis against /v1/openapi.json)"

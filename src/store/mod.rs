@@ -18,9 +18,9 @@ pub mod testing;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use backend::{Store, Tx};
 pub use memory::MemoryStore;
 pub use ports::{DueFire, JourneyStore, JourneyTx};
-pub use backend::{Store, Tx};
 pub use postgres::{PgStore, PgTx};
 pub use sqlite::{OpenOptions, SqliteStore, SqliteTx};
 

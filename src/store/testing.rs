@@ -150,8 +150,8 @@ pub async fn temp_postgres_url() -> (String, TempSchema) {
         .await
         .expect("the test role may create a schema");
     conn.close().await.ok();
-    let mut scoped = url::Url::parse(&url)
-        .unwrap_or_else(|e| panic!("{POSTGRES_URL_VAR} is not a URL: {e}"));
+    let mut scoped =
+        url::Url::parse(&url).unwrap_or_else(|e| panic!("{POSTGRES_URL_VAR} is not a URL: {e}"));
     scoped
         .query_pairs_mut()
         .append_pair("options", &format!("-c search_path={name}"));

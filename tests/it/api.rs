@@ -887,9 +887,6 @@ async fn events_posted_one_by_one_at_once_are_each_stored_once_and_answered_alon
         .filter(|a| a.0 == 200 && a.1 == "duplicate")
         .count();
     assert_eq!((accepted, duplicates), (20, 20), "{answers:?}");
-    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(app.service.api.store.sqlite_pool().expect("a SQLite store"))
-        .await
-        .unwrap();
+    let stored = app.count_rows("events").await;
     assert_eq!(stored, 20);
 }

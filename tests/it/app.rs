@@ -127,6 +127,19 @@ pub async fn build_error(flags: &[&str]) -> Option<String> {
 }
 
 impl TestApp {
+    /// How many rows `table` holds, on either database.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        let store = &self.service.api.store;
+        match store.postgres_pool() {
+            Some(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await.unwrap(),
+            None => sqlx::query_scalar(&sql)
+                .fetch_one(store.sqlite_pool().expect("SQLite or PostgreSQL"))
+                .await
+                .unwrap(),
+        }
+    }
+
     pub fn now(&self) -> Timestamp {
         self.clock.now()
     }

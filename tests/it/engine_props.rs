@@ -230,7 +230,13 @@ proptest! {
             // After the first step nothing is New: every step ends waiting or exited.
             prop_assert!(i > 0 || !matches!(s.enrollment.status, Status::New));
             if let Status::Waiting { node, .. } = &s.enrollment.status {
-                prop_assert!(wf.node(node).is_some_and(Node::waits));
+                prop_assert!(
+                    wf.node(node).is_some_and(Node::waits),
+                    "step {} waits at {}, which does not wait: {:?}",
+                    i,
+                    node,
+                    s.enrollment.status
+                );
             }
             for effect in &s.effects {
                 let key = match effect {

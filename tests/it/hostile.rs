@@ -56,7 +56,44 @@ impl Rng {
 
 /// Every row of every table, as text: equal snapshots mean nothing was written.
 async fn snapshot(app: &TestApp) -> Vec<String> {
-    snapshot_of(app.service.api.store.sqlite_pool().expect("a SQLite store")).await
+    match app.service.api.store.postgres_pool() {
+        Some(pool) => postgres_snapshot_of(pool).await,
+        None => {
+            snapshot_of(
+                app.service
+                    .api
+                    .store
+                    .sqlite_pool()
+                    .expect("SQLite or PostgreSQL"),
+            )
+            .await
+        }
+    }
+}
+
+/// [`snapshot`] of a PostgreSQL schema (the first of the connections' `search_path`): each
+/// row as its text form.
+async fn postgres_snapshot_of(pool: &sqlx::PgPool) -> Vec<String> {
+    use sqlx::Row;
+    let tables: Vec<String> = sqlx::query(
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert!(tables.iter().any(|t| t == "messages"), "{tables:?}");
+    let mut rows = Vec::new();
+    for table in tables {
+        let query = format!("SELECT '{table}|' || t::text FROM \"{table}\" t ORDER BY 1");
+        for r in sqlx::query(&query).fetch_all(pool).await.unwrap() {
+            rows.push(r.get::<String, _>(0));
+        }
+    }
+    rows
 }
 
 /// [`snapshot`] of any SQLite database.

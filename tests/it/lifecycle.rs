@@ -329,11 +329,21 @@ async fn an_event_beside_an_enrollment_whose_version_no_longer_loads_is_still_pr
     app.settle().await;
     // The waiting enrollment now names a version the catalog does not hold (its file was
     // changed and the old text no longer parses).
-    sqlx::query(
-        "UPDATE enrollments SET state = json_set(state, '$.workflow_version', 'gone0000gone0000')",
-    )
-    .execute(app.service.scheduler.store.sqlite_pool().expect("a SQLite store"))
-    .await
+    let store = &app.service.scheduler.store;
+    match store.postgres_pool() {
+        Some(pool) => sqlx::query(
+            "UPDATE enrollments SET state = jsonb_set(state, '{workflow_version}', '\"gone0000gone0000\"')",
+        )
+        .execute(pool)
+        .await
+        .map(drop),
+        None => sqlx::query(
+            "UPDATE enrollments SET state = json_set(state, '$.workflow_version', 'gone0000gone0000')",
+        )
+        .execute(store.sqlite_pool().expect("SQLite or PostgreSQL"))
+        .await
+        .map(drop),
+    }
     .unwrap();
     app.call("POST", "/v1/events", Some(ping())).await;
     let report = trellis::scheduler::tick(&app.service.scheduler, app.now())

@@ -14,7 +14,7 @@ use trellis::model::{Customer, CustomerId, Event};
 use trellis::simulate::{self, Options, Stage};
 use trellis::store::{self, JourneyStore, Store};
 
-use crate::app::{TestApp, spawn_app};
+use crate::app::{TestApp, spawn_app, spawn_app_in};
 
 /// The runtime as a stage: `serve`'s store and dispatcher.
 struct Runtime {
@@ -135,8 +135,13 @@ async fn played_on_the_runtime(
     database: Database,
 ) -> Vec<Line> {
     let bounds = simulate::bounds(&events, options).expect("the script has bounds");
+    // Each named outright, so the two runs differ whatever `TRELLIS_TEST_STORE` says.
     let (app, _schema) = match database {
-        Database::Sqlite => (spawn_app(&[]).await, None),
+        Database::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("parity.db").display());
+            (spawn_app_in(dir, &["--database-url", &url]).await, None)
+        }
         Database::Postgres => {
             let (url, schema) = store::testing::temp_postgres_url().await;
             (spawn_app(&["--database-url", &url]).await, Some(schema))
@@ -144,7 +149,13 @@ async fn played_on_the_runtime(
     };
     let runtime = Runtime { app };
     assert_eq!(
-        runtime.app.service.scheduler.store.postgres_pool().is_some(),
+        runtime
+            .app
+            .service
+            .scheduler
+            .store
+            .postgres_pool()
+            .is_some(),
         matches!(database, Database::Postgres),
         "the runtime plays on {database:?}"
     );

@@ -85,7 +85,7 @@ const SQL_OUTSIDE_STORE: [&str; 9] = [
     "src/bin/trellis-bench/limits.rs",
     "src/bin/trellis-bench/waiting.rs",
     "src/bin/trellis-bench/workload.rs",
-    "tests/it/api.rs",
+    "tests/it/app.rs",
     "tests/it/broadcasts.rs",
     "tests/it/crash.rs",
     "tests/it/hostile.rs",

@@ -179,7 +179,11 @@ async fn journey(dir: &Path, n: usize, smtp_port: u16) -> anyhow::Result<Journey
     {
         let store = Store::open(&workload::database_url(dir), OpenOptions::default()).await?;
         workload::seed_customers(&store, n, now).await?;
-        store.sqlite_pool().expect("the bench measures SQLite").close().await;
+        store
+            .sqlite_pool()
+            .expect("the bench measures SQLite")
+            .close()
+            .await;
     }
     let sms = SmsServer::start().await?;
     let serve = ServeChild::start(

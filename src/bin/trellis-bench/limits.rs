@@ -58,7 +58,11 @@ async fn due_enrollments(dir: &Path, n: usize) -> anyhow::Result<(Store, String,
     trellis::scheduler::Catalog::register(&store, vec![workflow.clone()], Vec::new(), now).await?;
     let state = enrollment_state(&workflow, now);
     let version = workflow.source.version.clone();
-    let mut tx = store.sqlite_pool().expect("the bench measures SQLite").begin().await?;
+    let mut tx = store
+        .sqlite_pool()
+        .expect("the bench measures SQLite")
+        .begin()
+        .await?;
     for i in 0..n {
         sqlx::query(
             "INSERT INTO enrollments (id, workflow_id, workflow_version, customer_id, active, node, wake_at, state, entered_at, updated_at)
@@ -80,7 +84,11 @@ async fn due_enrollments(dir: &Path, n: usize) -> anyhow::Result<(Store, String,
 /// of the way: the database's own limit.
 pub async fn sqlite_steps_c_api(dir: &Path, n: usize) -> anyhow::Result<f64> {
     let (store, version, now) = due_enrollments(dir, n).await?;
-    store.sqlite_pool().expect("the bench measures SQLite").close().await;
+    store
+        .sqlite_pool()
+        .expect("the bench measures SQLite")
+        .close()
+        .await;
     drop(store);
     let payload = serde_json::to_string(&email_payload(0))?;
     let file = dir.join("trellis.db");

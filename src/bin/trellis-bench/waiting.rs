@@ -255,7 +255,13 @@ pub async fn lateness(rate: usize, seconds: usize) -> anyhow::Result<Vec<Row>> {
         .clone();
     let updated: std::collections::HashMap<String, (i64, i64)> =
         sqlx::query_as("SELECT id, active, updated_at FROM enrollments")
-            .fetch_all(service.scheduler.store.sqlite_pool().expect("the bench measures SQLite"))
+            .fetch_all(
+                service
+                    .scheduler
+                    .store
+                    .sqlite_pool()
+                    .expect("the bench measures SQLite"),
+            )
             .await?
             .into_iter()
             .map(|(id, active, updated): (String, i64, i64)| (id, (active, updated)))

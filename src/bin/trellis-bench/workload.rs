@@ -56,7 +56,11 @@ pub async fn seed_customers(store: &Store, n: usize, now: Timestamp) -> anyhow::
     const CHUNK: usize = 5_000;
     const ROWS_PER_INSERT: usize = 200;
     for start in (0..n).step_by(CHUNK) {
-        let mut tx = store.sqlite_pool().expect("the bench measures SQLite").begin().await?;
+        let mut tx = store
+            .sqlite_pool()
+            .expect("the bench measures SQLite")
+            .begin()
+            .await?;
         let end = (start + CHUNK).min(n);
         for rows in (start..end).collect::<Vec<_>>().chunks(ROWS_PER_INSERT) {
             let placeholders = vec!["(?, ?, ?, ?)"; rows.len()].join(", ");

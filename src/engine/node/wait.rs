@@ -10,6 +10,12 @@ const DEFAULT_AT: &str = "09:00";
 pub(super) fn visit(wait: &Wait, run: &mut Run<'_>) -> Flow {
     let tz = run.tz();
     if let Some(duration) = wait.duration {
+        // A wait of nothing is no wait (`Node::waits`, which the validator's loop check
+        // uses): parking here would leave the customer waiting at a node that does not
+        // wait, for one scheduler round, in a loop the validator accepted because of it.
+        if !duration.as_signed().is_positive() {
+            return Flow::Next(wait.next.value.clone());
+        }
         return Flow::Sleep(
             run.now
                 .saturating_add(duration.as_signed())

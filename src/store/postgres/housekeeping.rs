@@ -34,7 +34,9 @@ impl PgStore {
         read(name)
             .await
             .map_err(query("reading a setting"))?
-            .ok_or(Error::Constraint(format!("the setting {name} vanished as it was made")))
+            .ok_or(Error::Constraint(format!(
+                "the setting {name} vanished as it was made"
+            )))
     }
 
     /// The workflows paused.

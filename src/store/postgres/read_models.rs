@@ -105,10 +105,7 @@ impl PgStore {
     ///
     /// # Errors
     /// On a database error.
-    pub async fn conversions_of(
-        &self,
-        id: &CustomerId,
-    ) -> Result<Vec<ConversionView>, Error> {
+    pub async fn conversions_of(&self, id: &CustomerId) -> Result<Vec<ConversionView>, Error> {
         let rows = sqlx::query("SELECT workflow_id, event, value, arm, message_key, at FROM conversions WHERE customer_id = $1 ORDER BY at DESC")
             .bind(id.as_str())
             .fetch_all(&self.pool)

@@ -23,8 +23,8 @@ use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{
-    note_failure, AttemptOutcome, EnrollmentView, Error, Inserted, MessageView, NewMessage, OutboxMessage,
-    StoredEvent, decode, from_millis, millis, query,
+    AttemptOutcome, EnrollmentView, Error, Inserted, MessageView, NewMessage, OutboxMessage,
+    StoredEvent, decode, from_millis, millis, note_failure, query,
 };
 use crate::engine::{Enrollment, Status};
 use crate::journey::{CustomerState, CustomerWrite, FireWrite, LoadSpec};
@@ -247,7 +247,6 @@ fn event_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Event, Error> {
     })
 }
 
-
 impl SqliteTx {
     /// Ends a transaction that wrote nothing: the lock goes now rather than by the rollback
     /// sqlx queues on drop, and, having written nothing, it says nothing of write health.
@@ -290,9 +289,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_url_it_does_not_open_is_refused_without_its_password() {
-        let err = super::SqliteStore::open("postgres://u:s3cret@127.0.0.1:1/db", Default::default())
-            .await
-            .expect_err("not a SQLite URL");
+        let err =
+            super::SqliteStore::open("postgres://u:s3cret@127.0.0.1:1/db", Default::default())
+                .await
+                .expect_err("not a SQLite URL");
         let text = crate::scheduler::error_chain(&err);
         assert!(!text.contains("s3cret"), "{text}");
         assert!(
