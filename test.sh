@@ -67,6 +67,12 @@ fi
 export TRELLIS_TEST_POSTGRES_URL
 
 # --- the tests ------------------------------------------------------------------------------
+# The CDNOW sample the predictive models are tested against: inside the `lifetimes` wheel
+# on PyPI (the data's licence is unstated, so it is fetched, not committed).
+cdnow="$PWD/target/cdnow"
+tests/support/fetch_cdnow.sh "$cdnow" > /dev/null
+export TRELLIS_CDNOW_SUMMARY="$cdnow/cdnow_customers_summary.csv"
+
 say "cargo test"
 cargo test --locked --features crash-points "$@"
 

@@ -1,5 +1,6 @@
-//! `trellis traits recompute`: computes RFM scores, value tiers and lifecycle stages now,
-//! instead of waiting for `serve`'s periodic run.
+//! `trellis traits recompute`: computes RFM scores, value tiers, lifecycle stages, predicted
+//! traits and VAP scores now, instead of waiting for `serve`'s periodic run, and prints the
+//! predictive models' fit (parameters, standard errors, log-likelihood, convergence).
 
 use std::process::ExitCode;
 
@@ -28,13 +29,14 @@ pub struct Args {
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let (runtime, store) = super::open_store(&args.database_url)?;
     runtime.block_on(async {
-        let n = crate::scheduler::recompute_traits(
+        let (n, model) = crate::scheduler::recompute_traits(
             &store,
             args.lifecycle.to_lifecycle(),
             SystemClock.now(),
         )
         .await?;
         println!("traits recomputed for {n} customers");
+        println!("{}", model.summary());
         Ok(ExitCode::SUCCESS)
     })
 }

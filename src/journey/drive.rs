@@ -251,7 +251,8 @@ pub async fn sweep<S: JourneyStore>(
 ) -> Result<usize, Error> {
     // Traits first, so the segments below see fresh scores.
     if let Some(lifecycle) = shell.lifecycle {
-        recompute_traits(store, lifecycle, now).await?;
+        let (_, model) = recompute_traits(store, lifecycle, now).await?;
+        tracing::debug!(model = %model.summary(), "predictive models fitted");
     }
     let time_triggers = shell.catalog.current().any(|w| {
         matches!(
@@ -291,9 +292,10 @@ pub async fn sweep<S: JourneyStore>(
     Ok(changed)
 }
 
-/// Recomputes every customer's value traits (RFM, value tier, lifecycle) at `now` from
-/// their orders ([`crate::traits::compute`], pure) and writes those that changed into their
-/// attributes. Returns how many customers were scored.
+/// Recomputes every customer's computed traits (RFM, value tier, lifecycle, predicted
+/// traits, VAP scores) at `now` from their orders ([`crate::traits::compute_with_model`],
+/// pure) and writes those that changed into their attributes. Returns how many customers
+/// were scored, and the predictive models' fit.
 ///
 /// # Errors
 /// A store error.
@@ -301,11 +303,11 @@ pub async fn recompute_traits<S: JourneyStore>(
     store: &S,
     lifecycle: crate::traits::Lifecycle,
     now: Timestamp,
-) -> Result<usize, Error> {
+) -> Result<(usize, crate::traits::ModelFit), Error> {
     let stats = store.order_stats().await?;
-    let traits = crate::traits::compute(&stats, now, lifecycle);
+    let (traits, model) = crate::traits::compute_with_model(&stats, now, lifecycle);
     store.write_traits(&traits, now).await?;
-    Ok(traits.len())
+    Ok((traits.len(), model))
 }
 
 #[cfg(test)]

@@ -62,9 +62,9 @@ fn nudge_outbox(ctx: &SchedulerCtx, report: &TickReport) {
     }
 }
 
-/// Recomputes every customer's value traits (RFM, value tier, lifecycle) at `now` and writes
-/// them into their attributes ([`drive::recompute_traits`]; every sweep does it first).
-/// Returns how many customers were scored.
+/// Recomputes every customer's computed traits at `now` and writes them into their
+/// attributes ([`drive::recompute_traits`]; every sweep does it first). Returns how many
+/// customers were scored, and the predictive models' fit.
 ///
 /// # Errors
 /// A database error.
@@ -72,7 +72,7 @@ pub async fn recompute_traits(
     store: &Store,
     lifecycle: crate::traits::Lifecycle,
     now: Timestamp,
-) -> Result<usize, store::Error> {
+) -> Result<(usize, crate::traits::ModelFit), store::Error> {
     drive::recompute_traits(store, lifecycle, now).await
 }
 

@@ -513,15 +513,14 @@ impl JourneyStore for MemoryStore {
                 let Some(mut customer) = t.customers.get(&id).cloned() else {
                     continue;
                 };
-                let (rfm, tier, stage) = computed.attributes();
                 let attributes = &mut customer.attributes;
-                if rfm.is_null() {
-                    attributes.remove("rfm");
-                } else {
-                    attributes.insert("rfm".into(), rfm);
+                for (name, value) in computed.attributes() {
+                    if value.is_null() {
+                        attributes.remove(name);
+                    } else {
+                        attributes.insert(name.into(), value);
+                    }
                 }
-                attributes.insert("value_tier".into(), tier);
-                attributes.insert("lifecycle".into(), stage);
                 if t.customers.get(&id) != Some(&customer) {
                     t.put(customer);
                 }

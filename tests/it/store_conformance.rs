@@ -666,6 +666,65 @@ async fn orders_aggregate_and_unchanged_traits_leave_the_version_alone<S: Journe
     );
 }
 
+async fn computed_attributes_are_replaced_whole_and_the_customers_own_stay<S: JourneyStore + Stage>(
+    store: &S,
+    name: &str,
+) {
+    let when = "2026-03-02T08:00:00Z";
+    let mut profile = ada_profile();
+    profile
+        .attributes
+        .insert("plan".into(), serde_json::json!("pro"));
+    store.put_customer(&profile, at(when)).await.unwrap();
+    let traits = |predicted: Option<serde_json::Value>, vap: Option<serde_json::Value>| {
+        vec![trellis::traits::Traits {
+            customer_id: "ada".into(),
+            rfm: Some((5, 4, 3, "champions")),
+            value_tier: "gold",
+            lifecycle: "active",
+            predicted,
+            vap,
+        }]
+    };
+    let first = traits(
+        Some(serde_json::json!({"p_alive": 0.9, "orders_90d": 1.2, "churn_risk": "low",
+                                "next_order_date": "2026-03-20"})),
+        Some(serde_json::json!({"value": 5, "attrition": 1, "potential": 4, "segment": "reward"})),
+    );
+    store.write_traits(&first, at(when)).await.unwrap();
+    let attributes = |state: &CustomerState| state.customer.as_ref().unwrap().attributes.clone();
+    let written = load(store, &everything()).await;
+    assert_eq!(
+        attributes(&written).get("predicted"),
+        Some(&serde_json::json!({"p_alive": 0.9, "orders_90d": 1.2, "churn_risk": "low",
+                                  "next_order_date": "2026-03-20"})),
+        "{name}"
+    );
+    assert_eq!(attributes(&written)["vap"]["segment"], "reward", "{name}");
+    // The next fit predicts no next order and no VAP: the old keys go, not merged into.
+    let second = traits(
+        Some(serde_json::json!({"p_alive": 0.2, "orders_90d": 0.1, "churn_risk": "high"})),
+        None,
+    );
+    store.write_traits(&second, at(when)).await.unwrap();
+    let rewritten = load(store, &everything()).await;
+    let now_attributes = attributes(&rewritten);
+    assert_eq!(
+        now_attributes.get("predicted"),
+        Some(&serde_json::json!({"p_alive": 0.2, "orders_90d": 0.1, "churn_risk": "high"})),
+        "{name}"
+    );
+    assert_eq!(now_attributes.get("vap"), None, "{name}");
+    assert_eq!(now_attributes.get("plan"), Some(&serde_json::json!("pro")), "{name}");
+    assert_eq!(now_attributes["rfm"]["segment"], "champions", "{name}");
+    store.write_traits(&second, at(when)).await.unwrap();
+    assert_eq!(
+        load(store, &everything()).await.version,
+        rewritten.version,
+        "{name}: the same traits again change nothing"
+    );
+}
+
 async fn the_same_key_twice_in_one_write_is_applied_in_turn<S: JourneyStore + Stage>(
     store: &S,
     name: &str,
@@ -907,6 +966,7 @@ async fn every_store_answers_the_journey_port_alike() {
     on_every_store!(segments_and_suppressions_load_as_written);
     on_every_store!(a_transaction_dropped_unfinished_writes_nothing);
     on_every_store!(orders_aggregate_and_unchanged_traits_leave_the_version_alone);
+    on_every_store!(computed_attributes_are_replaced_whole_and_the_customers_own_stay);
     on_every_store!(the_same_key_twice_in_one_write_is_applied_in_turn);
     on_every_store!(wake_ups_come_due_earliest_first_and_a_paused_workflows_wait);
     on_every_store!(the_sweep_pages_through_customers_in_bytewise_order);

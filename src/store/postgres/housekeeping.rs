@@ -101,9 +101,9 @@ impl PgStore {
             .collect())
     }
 
-    /// Writes computed traits into the customers' attributes (`rfm`, `value_tier`,
-    /// `lifecycle`), a batch per transaction; a profile that already holds them is not
-    /// rewritten (its version stays).
+    /// Writes computed traits into the customers' attributes (`traits::COMPUTED_ATTRIBUTES`,
+    /// each replaced whole or removed), a batch per transaction; a profile that already holds
+    /// them is not rewritten (its version stays).
     ///
     /// # Errors
     /// On a database error.
@@ -112,32 +112,24 @@ impl PgStore {
         traits: &[crate::traits::Traits],
         now: Timestamp,
     ) -> Result<(), Error> {
+        let names: Vec<&str> = crate::traits::COMPUTED_ATTRIBUTES.to_vec();
         for batch in traits.chunks(1000) {
             let mut tx = self.begin().await?;
             for t in batch {
-                let (rfm, tier, stage) = t.attributes();
-                // `attributes` gets the three keys (rfm removed when there is none), made
-                // when missing, as SQLite's json_set does.
+                // `attributes` loses every computed key, then gets those set (made when
+                // missing, as SQLite's json_patch does); jsonb compares by value.
+                let set = serde_json::Value::Object(t.set_attributes()).to_string();
                 sqlx::query(
-                    "UPDATE customers SET updated_at = $5,
+                    "UPDATE customers SET updated_at = $4,
                         profile = profile || jsonb_build_object('attributes',
-                            (COALESCE(profile -> 'attributes', '{}'::jsonb) - 'rfm')
-                            || jsonb_build_object('value_tier', $3::text, 'lifecycle', $4::text)
-                            || CASE WHEN $2::text IS NULL THEN '{}'::jsonb
-                                    ELSE jsonb_build_object('rfm', $2::jsonb) END)
+                            (COALESCE(profile -> 'attributes', '{}'::jsonb) - $3::text[]) || $2::jsonb)
                      WHERE id = $1
-                       AND (profile -> 'attributes' -> 'value_tier' IS DISTINCT FROM to_jsonb($3::text)
-                         OR profile -> 'attributes' -> 'lifecycle' IS DISTINCT FROM to_jsonb($4::text)
-                         OR profile -> 'attributes' -> 'rfm' IS DISTINCT FROM $2::jsonb)",
+                       AND COALESCE(profile -> 'attributes', '{}'::jsonb)
+                           IS DISTINCT FROM (COALESCE(profile -> 'attributes', '{}'::jsonb) - $3::text[]) || $2::jsonb",
                 )
                 .bind(&t.customer_id)
-                .bind(if rfm.is_null() {
-                    None
-                } else {
-                    Some(rfm.to_string())
-                })
-                .bind(tier.as_str())
-                .bind(stage.as_str())
+                .bind(&set)
+                .bind(&names)
                 .bind(millis(now))
                 .execute(&mut *tx.tx)
                 .await

@@ -79,9 +79,10 @@ impl SqliteStore {
             .collect())
     }
 
-    /// Writes computed traits into the customers' attributes (`rfm`, `value_tier`,
-    /// `lifecycle`), a batch per transaction; a profile that already holds them is not
-    /// rewritten (its version stays).
+    /// Writes computed traits into the customers' attributes (`traits::COMPUTED_ATTRIBUTES`:
+    /// `rfm`, `value_tier`, `lifecycle`, `predicted`, `vap`, each replaced whole or removed),
+    /// a batch per transaction; a profile that already holds them is not rewritten (its
+    /// version stays).
     ///
     /// # Errors
     /// On a database error.
@@ -93,30 +94,37 @@ impl SqliteStore {
         for batch in traits.chunks(1000) {
             let mut tx = self.begin().await?;
             for t in batch {
-                let (rfm, tier, stage) = t.attributes();
-                sqlx::query(
-                    "UPDATE customers SET updated_at = ?5, profile = CASE WHEN ?2 IS NULL
-                        THEN json_set(json_remove(profile, '$.attributes.rfm'), '$.attributes.value_tier', ?3, '$.attributes.lifecycle', ?4)
-                        ELSE json_set(profile, '$.attributes.rfm', json(?2), '$.attributes.value_tier', ?3, '$.attributes.lifecycle', ?4) END
-                     WHERE id = ?1
-                       AND (json_extract(profile, '$.attributes.value_tier') IS NOT ?3
-                         OR json_extract(profile, '$.attributes.lifecycle') IS NOT ?4
-                         OR json_extract(profile, '$.attributes.rfm') IS NOT json(?2))",
-                )
-                .bind(&t.customer_id)
-                .bind(if rfm.is_null() { None } else { Some(rfm.to_string()) })
-                .bind(tier.as_str())
-                .bind(stage.as_str())
-                .bind(millis(now))
-                .execute(&mut *tx.tx)
-                .await
-                .map_err(query("writing computed traits"))?;
+                // Every computed attribute is removed, then those set are merged back in, so
+                // an object (`rfm`, `predicted`) is replaced whole, never merged key by key.
+                let set = serde_json::Value::Object(t.set_attributes()).to_string();
+                sqlx::query(WRITE_TRAITS)
+                    .bind(&t.customer_id)
+                    .bind(&set)
+                    .bind(millis(now))
+                    .execute(&mut *tx.tx)
+                    .await
+                    .map_err(query("writing computed traits"))?;
             }
             tx.commit().await?;
         }
         Ok(())
     }
 }
+
+/// One customer's computed traits (`?1` the id, `?2` the attributes set, as a JSON object,
+/// `?3` now): written only when one of them differs (a JSON text compared with a JSON text:
+/// both are minified with keys in order, by serde_json and by SQLite).
+const WRITE_TRAITS: &str = "UPDATE customers SET updated_at = ?3,
+       profile = json_patch(
+         json_remove(profile, '$.attributes.rfm', '$.attributes.value_tier', '$.attributes.lifecycle',
+                     '$.attributes.predicted', '$.attributes.vap'),
+         json_object('attributes', json(?2)))
+     WHERE id = ?1
+       AND (json_extract(profile, '$.attributes.rfm') IS NOT json_extract(?2, '$.rfm')
+         OR json_extract(profile, '$.attributes.value_tier') IS NOT json_extract(?2, '$.value_tier')
+         OR json_extract(profile, '$.attributes.lifecycle') IS NOT json_extract(?2, '$.lifecycle')
+         OR json_extract(profile, '$.attributes.predicted') IS NOT json_extract(?2, '$.predicted')
+         OR json_extract(profile, '$.attributes.vap') IS NOT json_extract(?2, '$.vap'))";
 
 impl SqliteTx {
     /// Records a loaded workflow version and makes it current; keeps the paused flag.

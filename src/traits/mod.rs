@@ -11,9 +11,19 @@
 //!   (as are customers without revenue).
 //! - Lifecycle: `new` without an order or with a first order within `new_days`; otherwise
 //!   `active` with an order within `active_days`, `at_risk` within `lapsed_days`, else `lapsed`.
+//! - Predicted traits and VAP scores: see [`predictive`].
+
+pub mod predict;
+pub mod predictive;
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
+
+pub use predictive::ModelFit;
+
+/// The attributes the computed traits own, in the order [`Traits::attributes`] gives them:
+/// each is rewritten (or removed) by every recomputation.
+pub const COMPUTED_ATTRIBUTES: [&str; 5] = ["rfm", "value_tier", "lifecycle", "predicted", "vap"];
 
 /// One customer's orders, aggregated.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,18 +72,39 @@ pub struct Traits {
     pub value_tier: &'static str,
     /// `new`, `active`, `at_risk` or `lapsed`.
     pub lifecycle: &'static str,
+    /// The `predicted` attribute, for customers the models predict.
+    pub predicted: Option<Value>,
+    /// The `vap` attribute, for the same customers.
+    pub vap: Option<Value>,
 }
 
 impl Traits {
-    /// The attributes to write: `rfm` (an object, or null to remove), `value_tier`, `lifecycle`.
-    pub fn attributes(&self) -> (Value, Value, Value) {
+    /// The attributes to write, named as [`COMPUTED_ATTRIBUTES`]: `rfm`, `value_tier`,
+    /// `lifecycle`, `predicted`, `vap`; null means the attribute is removed.
+    pub fn attributes(&self) -> [(&'static str, Value); 5] {
         let rfm = match self.rfm {
             Some((r, f, m, segment)) => {
                 json!({"recency": r, "frequency": f, "monetary": m, "segment": segment})
             }
             None => Value::Null,
         };
-        (rfm, json!(self.value_tier), json!(self.lifecycle))
+        let [a, b, c, d, e] = COMPUTED_ATTRIBUTES;
+        [
+            (a, rfm),
+            (b, json!(self.value_tier)),
+            (c, json!(self.lifecycle)),
+            (d, self.predicted.clone().unwrap_or(Value::Null)),
+            (e, self.vap.clone().unwrap_or(Value::Null)),
+        ]
+    }
+
+    /// The attributes that are set (not null), as one JSON object.
+    pub fn set_attributes(&self) -> serde_json::Map<String, Value> {
+        self.attributes()
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
     }
 }
 
@@ -92,7 +123,7 @@ pub fn rfm_segment(r: u8, f: u8) -> &'static str {
 }
 
 /// `1 + floor(5 × worse / n)` for each value, where `worse` counts strictly smaller values.
-fn quintiles(values: &[f64]) -> Vec<u8> {
+pub(crate) fn quintiles(values: &[f64]) -> Vec<u8> {
     let mut sorted: Vec<f64> = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = values.len().max(1);
@@ -107,6 +138,16 @@ fn quintiles(values: &[f64]) -> Vec<u8> {
 
 /// Computes every customer's traits at `now`.
 pub fn compute(stats: &[OrderStats], now: Timestamp, lifecycle: Lifecycle) -> Vec<Traits> {
+    compute_with_model(stats, now, lifecycle).0
+}
+
+/// [`compute`], with the predictive models' fit.
+pub fn compute_with_model(
+    stats: &[OrderStats],
+    now: Timestamp,
+    lifecycle: Lifecycle,
+) -> (Vec<Traits>, ModelFit) {
+    let (model, mut predicted) = predictive::predict(stats, now);
     let buyers: Vec<&OrderStats> = stats.iter().filter(|s| s.orders > 0).collect();
     // Recency as "how recent", so that higher is better like the other two.
     let recency: Vec<f64> = buyers
@@ -154,7 +195,7 @@ pub fn compute(stats: &[OrderStats], now: Timestamp, lifecycle: Lifecycle) -> Ve
         .collect();
 
     let days_ago = |t: Timestamp| now.duration_since(t).as_secs() / 86_400;
-    stats
+    let traits = stats
         .iter()
         .map(|s| {
             let stage = match (s.first_order, s.last_order) {
@@ -171,9 +212,16 @@ pub fn compute(stats: &[OrderStats], now: Timestamp, lifecycle: Lifecycle) -> Ve
                     .map(|&(r, f, m)| (r, f, m, rfm_segment(r, f))),
                 value_tier: tiers.get(s.customer_id.as_str()).copied().unwrap_or("lead"),
                 lifecycle: stage,
+                predicted: predicted
+                    .get(s.customer_id.as_str())
+                    .map(|(p, _)| p.attribute()),
+                vap: predicted
+                    .remove(s.customer_id.as_str())
+                    .map(|(_, vap)| vap.attribute()),
             }
         })
-        .collect()
+        .collect();
+    (traits, model)
 }
 
 /// Days as a duration, for callers that store thresholds.
