@@ -265,7 +265,10 @@ async fn traits_recompute_prints_the_fit_and_writes_predictions_that_tell_the_la
         loop {
             let value = mean_value * (0.5 + uniform(&mut rng));
             let mut properties = serde_json::Map::new();
-            properties.insert("value".into(), serde_json::json!((value * 100.0).round() / 100.0));
+            properties.insert(
+                "value".into(),
+                serde_json::json!((value * 100.0).round() / 100.0),
+            );
             let at = now.checked_add(day(t)).unwrap();
             let event = Event {
                 id: None,
@@ -293,11 +296,21 @@ async fn traits_recompute_prints_the_fit_and_writes_predictions_that_tell_the_la
         .output()
         .expect("the binary runs");
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{printed}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(printed.contains("traits recomputed for 2020 customers"), "{printed}");
+    assert!(
+        out.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("traits recomputed for 2020 customers"),
+        "{printed}"
+    );
     assert!(printed.contains("BG/NBD over 2000 customers"), "{printed}");
     assert!(printed.contains("Gamma-Gamma over"), "{printed}");
-    assert!(!printed.contains("not converged") && !printed.contains("not fitted"), "{printed}");
+    assert!(
+        !printed.contains("not converged") && !printed.contains("not fitted"),
+        "{printed}"
+    );
 
     let store = trellis::store::Store::open(&url, Default::default())
         .await
@@ -309,7 +322,11 @@ async fn traits_recompute_prints_the_fit_and_writes_predictions_that_tell_the_la
         let predicted = customer.attributes.get("predicted");
         let vap = customer.attributes.get("vap");
         let Some(&active) = alive.get(id.as_str()) else {
-            assert_eq!((predicted, vap), (None, None), "{id} never ordered: absent, not zero");
+            assert_eq!(
+                (predicted, vap),
+                (None, None),
+                "{id} never ordered: absent, not zero"
+            );
             continue;
         };
         let predicted = predicted.unwrap_or_else(|| panic!("{id} ordered and is predicted"));
@@ -322,7 +339,10 @@ async fn traits_recompute_prints_the_fit_and_writes_predictions_that_tell_the_la
             _ => "high",
         };
         assert_eq!(risk, expected_risk, "{id}: {predicted}");
-        assert!(predicted["clv_365d"].as_f64().unwrap() >= 0.0, "{id}: {predicted}");
+        assert!(
+            predicted["clv_365d"].as_f64().unwrap() >= 0.0,
+            "{id}: {predicted}"
+        );
         let vap = vap.unwrap_or_else(|| panic!("{id} has VAP scores"));
         for score in ["value", "attrition", "potential"] {
             let s = vap[score].as_u64().unwrap();
@@ -331,7 +351,12 @@ async fn traits_recompute_prints_the_fit_and_writes_predictions_that_tell_the_la
         if active { &mut on_alive } else { &mut on_gone }.push(p_alive);
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    assert!(on_alive.len() > 100 && on_gone.len() > 100, "{} {}", on_alive.len(), on_gone.len());
+    assert!(
+        on_alive.len() > 100 && on_gone.len() > 100,
+        "{} {}",
+        on_alive.len(),
+        on_gone.len()
+    );
     // The model never sees who dropped out, only when they ordered.
     assert!(
         mean(&on_alive) > mean(&on_gone) + 0.2,
