@@ -266,7 +266,8 @@ fn prediction(
 ) -> Option<Prediction> {
     let p_alive = bgnbd::p_alive(bg, h.x, h.t_x, h.t)?;
     let orders_90d = bgnbd::expected_purchases(bg, ORDERS_HORIZON_DAYS, h.x, h.t_x, h.t)?;
-    let clv_365d = gg.and_then(|gg| predict::customer_lifetime_value(bg, gg, h, VALUE_HORIZON_DAYS));
+    let clv_365d =
+        gg.and_then(|gg| predict::customer_lifetime_value(bg, gg, h, VALUE_HORIZON_DAYS));
     let next_order_date = days_to_next_order(bg, h).and_then(|d| {
         let at = now.checked_add(jiff::SignedDuration::from_secs((d * 86_400.0) as i64));
         at.ok().map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date())
@@ -327,7 +328,10 @@ mod tests {
     /// customer's mean (values without that noise leave the value model no maximum).
     fn stats(id: &str, orders: u64, first: i64, last: i64, now: Timestamp) -> OrderStats {
         let spread = id.bytes().map(u64::from).sum::<u64>() % 17;
-        let ago = |d: i64| now.checked_sub(jiff::SignedDuration::from_hours(24 * d)).unwrap();
+        let ago = |d: i64| {
+            now.checked_sub(jiff::SignedDuration::from_hours(24 * d))
+                .unwrap()
+        };
         OrderStats {
             customer_id: id.into(),
             orders,
@@ -353,9 +357,27 @@ mod tests {
         let now = now();
         let mut all = Vec::new();
         for i in 0..20 {
-            all.push(stats(&format!("regular{i:02}"), 10 + i % 3, 300, 3 + i as i64 % 5, now));
-            all.push(stats(&format!("gone{i:02}"), 4 + i % 2, 360, 250 + i as i64, now));
-            all.push(stats(&format!("once{i:02}"), 1, 100 + i as i64, 100 + i as i64, now));
+            all.push(stats(
+                &format!("regular{i:02}"),
+                10 + i % 3,
+                300,
+                3 + i as i64 % 5,
+                now,
+            ));
+            all.push(stats(
+                &format!("gone{i:02}"),
+                4 + i % 2,
+                360,
+                250 + i as i64,
+                now,
+            ));
+            all.push(stats(
+                &format!("once{i:02}"),
+                1,
+                100 + i as i64,
+                100 + i as i64,
+                now,
+            ));
         }
         all.push(stats("never", 0, 0, 0, now));
         all
@@ -376,7 +398,9 @@ mod tests {
         assert!(regular.orders_90d > 1.0 && gone.orders_90d < 0.5);
         assert!(regular.clv_365d.unwrap() > gone.clv_365d.unwrap());
         // A monthly buyer's next order is expected within weeks, a lapsed one's not this year.
-        let next = regular.next_order_date.expect("a regular orders again soon");
+        let next = regular
+            .next_order_date
+            .expect("a regular orders again soon");
         assert!(next <= jiff::civil::date(2026, 7, 15), "{next}");
         assert_eq!(gone.next_order_date, None);
         assert!(regular_vap.attrition < gone_vap.attrition);
@@ -407,7 +431,10 @@ mod tests {
         let (model, by_id) = predict(&few, now);
         assert!(by_id.is_empty());
         let summary = model.summary();
-        assert!(summary.contains("BG/NBD not fitted") && summary.contains("too few"), "{summary}");
+        assert!(
+            summary.contains("BG/NBD not fitted") && summary.contains("too few"),
+            "{summary}"
+        );
     }
 
     #[test]

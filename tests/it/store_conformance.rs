@@ -666,7 +666,9 @@ async fn orders_aggregate_and_unchanged_traits_leave_the_version_alone<S: Journe
     );
 }
 
-async fn computed_attributes_are_replaced_whole_and_the_customers_own_stay<S: JourneyStore + Stage>(
+async fn computed_attributes_are_replaced_whole_and_the_customers_own_stay<
+    S: JourneyStore + Stage,
+>(
     store: &S,
     name: &str,
 ) {
@@ -687,8 +689,10 @@ async fn computed_attributes_are_replaced_whole_and_the_customers_own_stay<S: Jo
         }]
     };
     let first = traits(
-        Some(serde_json::json!({"p_alive": 0.9, "orders_90d": 1.2, "churn_risk": "low",
-                                "next_order_date": "2026-03-20"})),
+        Some(
+            serde_json::json!({"p_alive": 0.9, "orders_90d": 1.2, "churn_risk": "low",
+                                "next_order_date": "2026-03-20"}),
+        ),
         Some(serde_json::json!({"value": 5, "attrition": 1, "potential": 4, "segment": "reward"})),
     );
     store.write_traits(&first, at(when)).await.unwrap();
@@ -696,8 +700,10 @@ async fn computed_attributes_are_replaced_whole_and_the_customers_own_stay<S: Jo
     let written = load(store, &everything()).await;
     assert_eq!(
         attributes(&written).get("predicted"),
-        Some(&serde_json::json!({"p_alive": 0.9, "orders_90d": 1.2, "churn_risk": "low",
-                                  "next_order_date": "2026-03-20"})),
+        Some(
+            &serde_json::json!({"p_alive": 0.9, "orders_90d": 1.2, "churn_risk": "low",
+                                  "next_order_date": "2026-03-20"})
+        ),
         "{name}"
     );
     assert_eq!(attributes(&written)["vap"]["segment"], "reward", "{name}");
@@ -715,7 +721,11 @@ async fn computed_attributes_are_replaced_whole_and_the_customers_own_stay<S: Jo
         "{name}"
     );
     assert_eq!(now_attributes.get("vap"), None, "{name}");
-    assert_eq!(now_attributes.get("plan"), Some(&serde_json::json!("pro")), "{name}");
+    assert_eq!(
+        now_attributes.get("plan"),
+        Some(&serde_json::json!("pro")),
+        "{name}"
+    );
     assert_eq!(now_attributes["rfm"]["segment"], "champions", "{name}");
     store.write_traits(&second, at(when)).await.unwrap();
     assert_eq!(
