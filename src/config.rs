@@ -40,6 +40,17 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// What one `trellis serve` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The API, the scheduler and the dispatcher.
+    All,
+    /// The HTTP API only: events are stored, and the workers process them.
+    Api,
+    /// The scheduler and the dispatcher only, without the HTTP API.
+    Worker,
+}
+
 /// Settings of `trellis serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeConfig {
@@ -133,6 +144,15 @@ pub struct ServeConfig {
     /// Largest request body the API takes, in bytes.
     #[arg(long, env = "TRELLIS_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,
+    /// What this runner does: `all` (the API, the scheduler and the dispatcher), `api` (the
+    /// API only) or `worker` (the scheduler and the dispatcher only). Roles other than
+    /// `all` are for several runners on PostgreSQL.
+    #[arg(long, env = "TRELLIS_ROLE", value_enum, default_value_t = Role::All)]
+    pub role: Role,
+    /// On PostgreSQL, how long a runner's lease on a customer or a claimed message lasts: a
+    /// runner that dies or stalls loses its work to the others this long after.
+    #[arg(long, env = "TRELLIS_LEASE_TTL", default_value = "30s")]
+    pub lease_ttl: crate::workflow::Duration,
     /// How often every customer's segment membership is recomputed, for conditions that
     /// become true with time alone ("no order in 60 days").
     #[arg(long, env = "TRELLIS_SEGMENT_REFRESH", default_value = "5m")]

@@ -226,6 +226,12 @@ async fn attempt(
     now: Timestamp,
     finished: mpsc::UnboundedSender<Finished>,
 ) -> Option<AttemptOutcome> {
+    // A claim held so long (a runner stopped past its lease) that another runner may have
+    // taken it is not started: the other runner sends it, once.
+    if !ctx.store.still_claimed(&message.key) {
+        tracing::warn!(key = %message.key, "The claim on this message may have passed to another runner; not sending it.");
+        return None;
+    }
     let attempt = message.attempts + 1;
     let outcome = match ctx.channels.deliver(&message).await {
         Ok(delivered) => AttemptOutcome::Sent {

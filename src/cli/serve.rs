@@ -152,6 +152,7 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
         &config.database_url,
         OpenOptions {
             synchronous_normal: config.synchronous_normal,
+            lease_ttl: config.lease_ttl.as_signed().unsigned_abs(),
             ..OpenOptions::default()
         },
     )
@@ -162,6 +163,15 @@ pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Resul
             crate::store::redacted_url(&config.database_url)
         )
     })?;
+    if store.is_single_runner() && config.role != crate::config::Role::All {
+        bail!(
+            "--role {:?} is for several runners on PostgreSQL; a SQLite database has one `serve`, which does everything (leave --role out)",
+            config.role
+        );
+    }
+    if config.lease_ttl.as_signed() < jiff::SignedDuration::from_secs(1) {
+        bail!("--lease-ttl must be at least 1s");
+    }
     let catalog = Arc::new(
         Catalog::register(&store, workflows, segments, clock.now())
             .await
@@ -254,25 +264,49 @@ pub fn run(config: &ServeConfig) -> anyhow::Result<ExitCode> {
             warn!(messages = released, "Messages in flight at the last stop will be sent again with the same key.");
         }
         let shutdown = CancellationToken::new();
-        let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
-        info!(listen = %config.listen, workflows = service.scheduler.shell.catalog.current().count(), "Trellis is serving.");
-        let scheduler = tokio::spawn(scheduler::run(service.scheduler, clock.clone(), service.scheduler_nudge, shutdown.clone()));
-        let dispatcher = tokio::spawn(dispatch::run(service.dispatcher, clock, service.outbox_nudge, shutdown.clone()));
+        let works = config.role != crate::config::Role::Api;
+        let serves_api = config.role != crate::config::Role::Worker;
+        // A worker listens nowhere, so several can run on one machine.
+        let listener = match serves_api {
+            true => Some(tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?),
+            false => None,
+        };
+        let store = service.scheduler.store.clone();
+        info!(
+            listen = %config.listen,
+            role = ?config.role,
+            runner = store.runner().unwrap_or("sqlite"),
+            workflows = service.scheduler.shell.catalog.current().count(),
+            "Trellis is serving."
+        );
+        let listener_task = works.then(|| tokio::spawn({
+            let (store, events, outbox, shutdown) = (store.clone(), service.scheduler_nudge.clone(), service.outbox_nudge.clone(), shutdown.clone());
+            async move { store.listen_for_work(events, outbox, shutdown).await }
+        }));
+        let scheduler = works.then(|| tokio::spawn(scheduler::run(service.scheduler, clock.clone(), service.scheduler_nudge, shutdown.clone())));
+        let dispatcher = works.then(|| tokio::spawn(dispatch::run(service.dispatcher, clock, service.outbox_nudge, shutdown.clone())));
         let server_shutdown = shutdown.clone();
-        let server = tokio::spawn(async move {
+        let server = listener.map(|listener| tokio::spawn(async move {
             axum::serve(listener, api::router(service.api))
                 .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
                 .await
-        });
+        }));
         wait_for_signal().await;
         info!("Shutting down: finishing work in flight.");
         shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            let _ = server.await;
-            let _ = scheduler.await;
-            let _ = dispatcher.await;
+            for task in [scheduler, dispatcher, listener_task].into_iter().flatten() {
+                let _ = task.await;
+            }
+            if let Some(server) = server {
+                let _ = server.await;
+            }
         })
         .await;
+        // Another runner takes this one's customers at once rather than after their leases.
+        if let Err(err) = store.release_leases().await {
+            warn!(error = %scheduler::error_chain(&err), "Giving back customer leases failed; they expire by themselves.");
+        }
         info!("Stopped.");
         Ok(ExitCode::SUCCESS)
     })

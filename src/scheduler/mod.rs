@@ -90,6 +90,9 @@ pub async fn refresh_segments(ctx: &SchedulerCtx, now: Timestamp) -> Result<usiz
     drive::sweep(&ctx.store, &ctx.shell, now, &mut sink).await
 }
 
+/// How often a runner takes (or keeps) the sweep's leader lease.
+const LEADER_CHECK: jiff::SignedDuration = jiff::SignedDuration::from_secs(1);
+
 /// Ticks until `shutdown`: after each tick it sleeps until the next wake-up (at most
 /// [`MAX_SLEEP`]) or until `nudge` says an event arrived.
 pub async fn run(
@@ -98,6 +101,7 @@ pub async fn run(
     nudge: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
+    let (mut leads, mut last_lead_check) = (false, None::<Timestamp>);
     while !shutdown.is_cancelled() {
         let now = clock.now();
         let due = {
@@ -110,7 +114,17 @@ pub async fn run(
                     >= ctx.segment_refresh
             })
         };
-        if due {
+        // On PostgreSQL one runner at a time sweeps: the leader, which keeps its lease by
+        // taking it again at most once a second; the others try as often, and one takes
+        // over within a lease of the leader's end.
+        if last_lead_check.is_none_or(|at| now.duration_since(at) >= LEADER_CHECK) {
+            last_lead_check = Some(now);
+            leads = ctx.store.lead("sweep").await.unwrap_or_else(|err| {
+                error!(error = %error_chain(&err), "Taking the sweep's leader lease failed; retrying.");
+                false
+            });
+        }
+        if due && leads {
             match refresh_segments(&ctx, now).await {
                 Ok(_) => {
                     *ctx.last_refresh

@@ -85,6 +85,62 @@ impl Store {
         }
     }
 
+    /// This runner's id on PostgreSQL (`<host>/<pid>/<random>`); `None` on SQLite.
+    pub fn runner(&self) -> Option<&str> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(s) => Some(s.runner()),
+        }
+    }
+
+    /// Whether a delivery of the claimed message `key` may start: on PostgreSQL, this
+    /// runner's claim on it is recent enough that no other runner can have taken it; on
+    /// SQLite, always.
+    pub fn still_claimed(&self, key: &str) -> bool {
+        match self {
+            Store::Sqlite(_) => true,
+            Store::Postgres(s) => s.still_claimed(key),
+        }
+    }
+
+    /// Whether this runner is the one that does the singleton job `name` (the sweep) now:
+    /// on PostgreSQL, it holds or took that leader lease; on SQLite, always.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn lead(&self, name: &str) -> Result<bool, Error> {
+        match self {
+            Store::Sqlite(_) => Ok(true),
+            Store::Postgres(s) => s.lead(name).await,
+        }
+    }
+
+    /// Until `shutdown`, wakes this runner's scheduler (`events`) and dispatcher (`outbox`)
+    /// when another runner's API or scheduler commits new work (PostgreSQL's
+    /// `LISTEN`/`NOTIFY`). On SQLite, one process does everything and nudges itself: this
+    /// returns at once.
+    pub async fn listen_for_work(
+        &self,
+        events: std::sync::Arc<tokio::sync::Notify>,
+        outbox: std::sync::Arc<tokio::sync::Notify>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        if let Store::Postgres(s) = self {
+            s.listen_for_work(events, outbox, shutdown).await;
+        }
+    }
+
+    /// Gives back this runner's customer leases (at shutdown); nothing on SQLite.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn release_leases(&self) -> Result<(), Error> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => s.release_leases().await,
+        }
+    }
+
     /// Starts a write transaction.
     ///
     /// # Errors

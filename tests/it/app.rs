@@ -319,6 +319,17 @@ impl SmtpSink {
         by_id
     }
 
+    /// While `Some(ms)`, every message is answered `ms` milliseconds late.
+    pub fn slow(&self, ms: Option<u64>) {
+        let flag = self.dir.path().join("SLOW");
+        match ms {
+            Some(ms) => std::fs::write(flag, ms.to_string()).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(flag);
+            }
+        }
+    }
+
     /// While `Some(reply)`, every message is answered with `reply` (empty: a 451).
     pub fn fail_with(&self, reply: Option<&str>) {
         let flag = self.dir.path().join("FAIL");

@@ -22,6 +22,7 @@ mod kannel;
 mod lifecycle;
 mod parity;
 mod promises;
+mod runners;
 mod runtime;
 mod segments;
 mod simulate;

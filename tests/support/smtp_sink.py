@@ -7,7 +7,9 @@ Stores each accepted message as <dir>/<n>.eml. Control files in <dir>:
 - DROP_ONCE: the next message is stored and the connection dropped before the reply (the
   RFC 1047 window: the client cannot know it was accepted); the file is then removed;
 - NO_PIPELINING: while it exists, EHLO does not offer PIPELINING (RFC 2920), which it
-  otherwise does, as postfix does.
+  otherwise does, as postfix does;
+- SLOW: while it exists, each message is answered after as many milliseconds as it says
+  (a slow server keeps claimed messages waiting for a connection).
 Each RCPT appends a line to <dir>/RCPT_LOG: "pipelined" when the client had already sent
 the command after it (DATA) before this RCPT was answered, else "waited".
 Prints "ready <port>" once listening.
@@ -15,6 +17,7 @@ Prints "ready <port>" once listening.
 Usage: python3 smtp_sink.py DIR
 """
 
+import asyncio
 import itertools
 import os
 import signal
@@ -58,6 +61,9 @@ class Sink:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        slow = self.control("SLOW")
+        if slow is not None:
+            await asyncio.sleep(int(slow.strip() or "100") / 1000)
         failing = self.control("FAIL")
         if failing is not None:
             return failing.strip().splitlines()[0] if failing.strip() else "451 4.3.0 Try again later"

@@ -80,6 +80,22 @@ impl PgTx {
         .execute(&mut *self.tx)
         .await
         .map_err(query("creating minimal customers"))?;
+        // One customer's events commit in `seq` order: an identity is taken at insert, not at
+        // commit, so two ingests for one customer take turns (ingests of different
+        // customers never wait on each other, nor on the scheduler, which takes none).
+        // The workers hear of the events at commit (LISTEN trellis_due).
+        let ordered: Vec<&str> = customers.iter().map(|c| c.as_str()).collect();
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended(c, 0)) FROM unnest($1::text[]) AS c ORDER BY c COLLATE \"C\"",
+        )
+        .bind(&ordered)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query("taking the customers' ingest locks"))?;
+        sqlx::query("SELECT pg_notify('trellis_due', 'events')")
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query("notifying the workers"))?;
         let ids: Vec<&str> = events
             .iter()
             .filter_map(|(_, e)| e.id.as_ref().map(EventId::as_str))

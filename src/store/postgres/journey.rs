@@ -24,16 +24,30 @@ impl PgTx {
         row.map(|r| customer_from(r.get::<&str, _>(0))).transpose()
     }
 
-    /// Up to `limit` events not yet processed, in arrival order.
+    /// Up to `limit` events not yet processed, in arrival order, of customers this runner
+    /// leases for them (a customer another runner holds is left to it).
     ///
     /// # Errors
     /// On a database or decode error.
     pub async fn pending_events(&mut self, n: u32) -> Result<Vec<StoredEvent>, Error> {
+        let customers = self
+            .lease_customers(
+                "SELECT customer_id, min(seq) AS first
+                 FROM (SELECT customer_id, seq FROM events WHERE NOT processed ORDER BY seq LIMIT $3 * 4) w
+                 GROUP BY customer_id",
+                n,
+                None,
+            )
+            .await?;
+        if customers.is_empty() {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(
             "SELECT id, name, at, properties::text, seq, customer_id FROM events
-             WHERE NOT processed ORDER BY seq LIMIT $1",
+             WHERE NOT processed AND customer_id = ANY($2) ORDER BY seq LIMIT $1",
         )
         .bind(limit(n))
+        .bind(&customers)
         .fetch_all(&mut *self.tx)
         .await
         .map_err(query("reading pending events"))?;
@@ -48,17 +62,32 @@ impl PgTx {
             .collect()
     }
 
-    /// Up to `limit` trigger occurrences due at `now`, earliest first.
+    /// Up to `limit` trigger occurrences due at `now`, earliest first, of customers this
+    /// runner leases for them.
     ///
     /// # Errors
     /// On a database error.
     pub async fn due_fires(&mut self, now: Timestamp, n: u32) -> Result<Vec<DueFire>, Error> {
+        let customers = self
+            .lease_customers(
+                "SELECT customer_id, min(fire_at) AS first
+                 FROM (SELECT customer_id, fire_at FROM scheduled_fires WHERE fire_at <= $4
+                       ORDER BY fire_at LIMIT $3 * 4) w
+                 GROUP BY customer_id",
+                n,
+                Some(millis(now)),
+            )
+            .await?;
+        if customers.is_empty() {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(
             "SELECT workflow_id, customer_id, fire_at FROM scheduled_fires
-             WHERE fire_at <= $1 ORDER BY fire_at LIMIT $2",
+             WHERE fire_at <= $1 AND customer_id = ANY($3) ORDER BY fire_at LIMIT $2",
         )
         .bind(millis(now))
         .bind(limit(n))
+        .bind(&customers)
         .fetch_all(&mut *self.tx)
         .await
         .map_err(query("claiming due triggers"))?;
@@ -75,7 +104,7 @@ impl PgTx {
     }
 
     /// Up to `limit` active enrollments due at `now`, of workflows not paused, earliest
-    /// first.
+    /// first, of customers this runner leases for them.
     ///
     /// # Errors
     /// On a database or decode error.
@@ -84,18 +113,88 @@ impl PgTx {
         now: Timestamp,
         n: u32,
     ) -> Result<Vec<Enrollment>, Error> {
+        let customers = self
+            .lease_customers(
+                "SELECT customer_id, min(wake_at) AS first
+                 FROM (SELECT e.customer_id, e.wake_at FROM enrollments e JOIN workflows w ON w.id = e.workflow_id
+                       WHERE e.active AND e.wake_at <= $4 AND NOT w.paused
+                       ORDER BY e.wake_at LIMIT $3 * 4) w
+                 GROUP BY customer_id",
+                n,
+                Some(millis(now)),
+            )
+            .await?;
+        if customers.is_empty() {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(
             "SELECT e.state::text FROM enrollments e JOIN workflows w ON w.id = e.workflow_id
-             WHERE e.active AND e.wake_at <= $1 AND NOT w.paused ORDER BY e.wake_at LIMIT $2",
+             WHERE e.active AND e.wake_at <= $1 AND NOT w.paused AND e.customer_id = ANY($3)
+             ORDER BY e.wake_at LIMIT $2",
         )
         .bind(millis(now))
         .bind(limit(n))
+        .bind(&customers)
         .fetch_all(&mut *self.tx)
         .await
         .map_err(query("claiming due enrollments"))?;
         rows.iter()
             .map(|r| serde_json::from_str(r.get::<&str, _>(0)).map_err(decode("an enrollment")))
             .collect()
+    }
+
+    /// Gives back the customers this runner held from its last round, then leases up to `n`
+    /// of the customers `candidates` names (a query of `customer_id, first` over the oldest
+    /// `$3 * 4` due items, `$4` being now when `now` is given) whose lease is free, earliest
+    /// first, skipping rows another claim has locked: their ids, held from now with one new
+    /// token.
+    async fn lease_customers(
+        &mut self,
+        candidates: &str,
+        n: u32,
+        now: Option<i64>,
+    ) -> Result<Vec<String>, Error> {
+        let given_back = self.leases.take_customers();
+        if !given_back.is_empty() {
+            sqlx::query(
+                "UPDATE customer_leases SET expires_at = 0 WHERE token = ANY($1) AND runner_id = $2",
+            )
+            .bind(&given_back)
+            .bind(&self.leases.runner)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query("giving back customer leases"))?;
+        }
+        let sql = format!(
+            "WITH cand AS ({candidates}),
+             free AS (
+                SELECT l.customer_id, cand.first FROM customer_leases l JOIN cand USING (customer_id)
+                WHERE l.expires_at < trellis_now_ms()
+                ORDER BY cand.first LIMIT $3
+                FOR UPDATE OF l SKIP LOCKED),
+             t AS (SELECT nextval('lease_tokens') AS token)
+             UPDATE customer_leases l SET runner_id = $1, token = t.token,
+                    expires_at = trellis_now_ms() + $2
+             FROM free, t WHERE l.customer_id = free.customer_id
+             RETURNING l.customer_id, l.token"
+        );
+        let mut claim = sqlx::query(&sql)
+            .bind(&self.leases.runner)
+            .bind(self.leases.ttl_ms())
+            .bind(limit(n));
+        if let Some(now) = now {
+            claim = claim.bind(now);
+        }
+        let rows = claim
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(query("leasing customers"))?;
+        let Some(token) = rows.first().map(|r| r.get::<i64, _>(1)) else {
+            return Ok(Vec::new());
+        };
+        let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        self.leases.hold_customers(&ids, token);
+        Ok(ids)
     }
 }
 

@@ -283,6 +283,31 @@ impl PgTx {
         now: Timestamp,
     ) -> Result<Vec<CustomerId>, Error> {
         let ids: Vec<CustomerId> = writes.iter().filter_map(|w| w.id.clone()).collect();
+        // The leases first (claims lock only them, ingest only customers: one order, no
+        // cycle), held until commit, so no claim takes a customer in the middle of this.
+        let leases = sqlx::query(
+            "SELECT customer_id, token, expires_at < trellis_now_ms() FROM customer_leases
+             WHERE customer_id = ANY($1) ORDER BY customer_id FOR UPDATE",
+        )
+        .bind(id_array(&ids))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query("checking customer leases"))?;
+        // A customer this runner leased is written while the token is still its own (even
+        // past expiry, if nobody took it: nobody else did the work); one it holds nothing
+        // for (the sweep's) only while nobody's lease is live.
+        let lost: std::collections::HashSet<&str> = leases
+            .iter()
+            .filter(|r| {
+                let (id, token, free) =
+                    (r.get::<&str, _>(0), r.get::<i64, _>(1), r.get::<bool, _>(2));
+                match self.leases.customer_token(id) {
+                    Some(held) => held != token,
+                    None => !free,
+                }
+            })
+            .map(|r| r.get::<&str, _>(0))
+            .collect();
         let rows = sqlx::query(
             "SELECT id, version FROM customers WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
@@ -294,8 +319,14 @@ impl PgTx {
             .iter()
             .map(|r| (r.get::<&str, _>(0), r.get(1)))
             .collect();
-        let (writes, conflicted) =
-            crate::store::ports::fenced(writes, |id| versions.get(id).copied());
+        // A lost lease reads as a version no plan was made on.
+        let (writes, conflicted) = crate::store::ports::fenced(writes, |id| {
+            if lost.contains(id) {
+                Some(i64::MIN)
+            } else {
+                versions.get(id).copied()
+            }
+        });
         self.write_planned(&writes, now).await?;
         Ok(conflicted)
     }
@@ -395,6 +426,13 @@ impl PgTx {
             (field(r, "customer_id"), field(r, "workflow_id"))
         });
         let profiles = dedup_last(profiles, |r| field(r, "id"));
+        if !messages.is_empty() {
+            // The dispatchers hear of the new messages at commit (LISTEN trellis_due).
+            sqlx::query("SELECT pg_notify('trellis_due', 'outbox')")
+                .execute(&mut *self.tx)
+                .await
+                .map_err(query("notifying the dispatchers"))?;
+        }
 
         self.each(
             &joined,

@@ -28,6 +28,7 @@ mod housekeeping;
 mod ingest;
 mod journey;
 mod journey_batch;
+mod leases;
 mod outbox;
 mod read_models;
 
@@ -38,6 +39,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// This runner's name and what it holds.
+    leases: std::sync::Arc<leases::Leases>,
     /// Why the last write failed for a reason that passes, until a write commits again;
     /// `/healthz` reports it.
     write_failure: Health,
@@ -52,6 +55,7 @@ type Health = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 pub struct PgTx {
     tx: Transaction<'static, Postgres>,
     health: Health,
+    leases: std::sync::Arc<leases::Leases>,
 }
 
 /// `url` with its password hidden, for error messages.
@@ -86,14 +90,17 @@ impl PgStore {
         options: OpenOptions,
         label: &str,
     ) -> Result<Self, Error> {
-        let connect = connect.application_name("trellis").options([
-            (
-                "lock_timeout",
-                format!("{}ms", options.lock_wait.as_millis().max(1)),
-            ),
-            ("statement_timeout", "30s".to_owned()),
-            ("idle_in_transaction_session_timeout", "30s".to_owned()),
-        ]);
+        let runner = leases::runner_id();
+        let connect = connect
+            .application_name(&format!("trellis {runner}"))
+            .options([
+                (
+                    "lock_timeout",
+                    format!("{}ms", options.lock_wait.as_millis().max(1)),
+                ),
+                ("statement_timeout", "30s".to_owned()),
+                ("idle_in_transaction_session_timeout", "30s".to_owned()),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.gate_wait.max(Duration::from_secs(1)))
@@ -104,8 +111,12 @@ impl PgStore {
                 source,
             })?;
         MIGRATOR.run(&pool).await.map_err(Error::Migrate)?;
+        let leases =
+            std::sync::Arc::new(leases::Leases::new(runner, options.lease_ttl, pool.clone()));
+        tokio::spawn(leases::renew_outbox(std::sync::Arc::downgrade(&leases)));
         Ok(Self {
             pool,
+            leases,
             write_failure: Health::default(),
         })
     }
@@ -128,6 +139,7 @@ impl PgStore {
         Ok(PgTx {
             tx,
             health: std::sync::Arc::clone(&self.write_failure),
+            leases: std::sync::Arc::clone(&self.leases),
         })
     }
 
@@ -161,6 +173,89 @@ impl PgStore {
         probe
             .await
             .map_err(|err| crate::scheduler::error_chain(&err))
+    }
+
+    /// This runner's id (`<host>/<pid>/<random>`), as its leases and sessions name it.
+    pub fn runner(&self) -> &str {
+        &self.leases.runner
+    }
+
+    /// Whether a delivery of the claimed message `key` may start: this runner still holds
+    /// its claim, recently enough that no other runner can have taken it.
+    pub fn still_claimed(&self, key: &str) -> bool {
+        self.leases.still_claimed(key)
+    }
+
+    /// Takes or keeps the leader lease `name` (such as `sweep`): true while this runner is
+    /// the one that does that job.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn lead(&self, name: &str) -> Result<bool, Error> {
+        leases::lead(&self.pool, &self.leases, name)
+            .await
+            .map_err(query("taking a leader lease"))
+    }
+
+    /// Until `shutdown`, turns the notifications on `trellis_due` (sent when an ingest or
+    /// a journey write commits) into nudges: `events` wakes the scheduler, `outbox` the
+    /// dispatcher, whichever runner sent them. A lost connection is made again (what was
+    /// sent meanwhile is lost, and the workers' one-second poll finds it).
+    pub async fn listen_for_work(
+        &self,
+        events: std::sync::Arc<tokio::sync::Notify>,
+        outbox: std::sync::Arc<tokio::sync::Notify>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        while !shutdown.is_cancelled() {
+            let listening = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+                listener.listen("trellis_due").await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            let mut listener = match listening.await {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::warn!(error = %err, "Listening for new work failed; polling meanwhile.");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    heard = listener.recv() => match heard {
+                        Ok(n) if n.payload() == "events" => events.notify_one(),
+                        Ok(n) if n.payload() == "outbox" => outbox.notify_one(),
+                        Ok(_) => {}
+                        Err(err) => {
+                            tracing::warn!(error = %err, "The connection listening for new work broke; making it again.");
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    /// Gives back every customer lease this runner holds (at shutdown: another runner takes
+    /// them at once instead of after their expiry).
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn release_leases(&self) -> Result<(), Error> {
+        let tokens = self.leases.take_customers();
+        sqlx::query(
+            "UPDATE customer_leases SET expires_at = 0 WHERE token = ANY($1) AND runner_id = $2",
+        )
+        .bind(&tokens)
+        .bind(&self.leases.runner)
+        .execute(&self.pool)
+        .await
+        .map_err(query("giving back customer leases"))?;
+        Ok(())
     }
 
     /// Whether the database answers.

@@ -3,9 +3,9 @@
 //! `store::sqlite::outbox`.
 //!
 //! Candidates are read `FOR UPDATE SKIP LOCKED`, so two dispatchers on one database never
-//! claim the same message. Leases on claims (a runner that dies loses them) are the
-//! several-runner increment's (docs/design-postgres.md §5.2); until then, as on SQLite,
-//! `release_in_flight` at startup is for a database with one runner.
+//! claim the same message, and a claim is a lease (`leases`): a message `sending` whose
+//! lease expired is claimable again, and an outcome is recorded only while the claim's token
+//! is still in the row, so a runner that lost a message to another records nothing over it.
 
 use std::collections::HashMap;
 
@@ -13,16 +13,20 @@ use super::*;
 use crate::store::{AttemptOutcome, OutboxMessage, millis};
 
 impl PgStore {
-    /// Messages that were on the wire when the process stopped go back to pending, so they
-    /// are sent again with the same key. Called once at startup by the only runner.
+    /// Messages whose claim expired (their runner stopped or died) go back to pending at
+    /// once, to be sent again with the same key. Live claims are other runners' and stay;
+    /// expired ones would be claimed again anyway, so this only hastens it at startup.
     ///
     /// # Errors
     /// On a database error.
     pub async fn release_in_flight(&self) -> Result<u64, Error> {
-        let done = sqlx::query("UPDATE messages SET status = 'pending' WHERE status = 'sending'")
-            .execute(&self.pool)
-            .await
-            .map_err(query("releasing in-flight messages"))?;
+        let done = sqlx::query(
+            "UPDATE messages SET status = 'pending', claimed_by = NULL, lease_token = NULL
+             WHERE status = 'sending' AND lease_expires_at < trellis_now_ms()",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(query("releasing in-flight messages"))?;
         Ok(done.rows_affected())
     }
 
@@ -31,10 +35,21 @@ impl PgStore {
     /// # Errors
     /// On a database error.
     pub async fn release_claims(&self, keys: &[String]) -> Result<u64, Error> {
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let tokens = self.leases.take_messages(&refs);
+        let (keys, tokens): (Vec<&str>, Vec<i64>) = refs
+            .iter()
+            .zip(tokens)
+            .filter_map(|(k, t)| Some((*k, t?)))
+            .unzip();
         let done = sqlx::query(
-            "UPDATE messages SET status = 'pending' WHERE key = ANY($1) AND status = 'sending'",
+            "UPDATE messages SET status = 'pending', claimed_by = NULL, lease_token = NULL
+             FROM unnest($1::text[], $2::bigint[]) AS u(key, token)
+             WHERE messages.key = u.key AND messages.lease_token = u.token
+               AND messages.status = 'sending'",
         )
-        .bind(keys)
+        .bind(&keys)
+        .bind(&tokens)
         .execute(&self.pool)
         .await
         .map_err(query("releasing claimed messages"))?;
@@ -52,23 +67,14 @@ impl PgStore {
         n: u32,
     ) -> Result<Vec<OutboxMessage>, Error> {
         let mut tx = self.begin().await?;
-        let candidates: Vec<String> = sqlx::query_scalar(
-            "SELECT m.key FROM messages m JOIN workflows w ON w.id = m.workflow_id
-             WHERE m.status = 'pending' AND m.next_attempt_at <= $1 AND NOT w.paused
-             ORDER BY m.next_attempt_at LIMIT $2
-             FOR UPDATE OF m SKIP LOCKED",
-        )
-        .bind(millis(now))
-        .bind(limit(n))
-        .fetch_all(&mut *tx.tx)
-        .await
-        .map_err(query("choosing messages to claim"))?;
+        let candidates = claimable(&mut tx, now, n, None).await?;
         if candidates.is_empty() {
             tx.end_unwritten().await?;
             return Ok(Vec::new());
         }
-        let claimed = claim_candidates(&mut tx, now, &candidates).await?;
+        let (claimed, token) = claim_candidates(&mut tx, now, &candidates).await?;
         tx.commit().await?;
+        hold(self, &claimed, token);
         Ok(claimed)
     }
 
@@ -90,19 +96,7 @@ impl PgStore {
             if n == 0 {
                 continue;
             }
-            let keys: Vec<String> = sqlx::query_scalar(
-                "SELECT m.key FROM messages m JOIN workflows w ON w.id = m.workflow_id
-                 WHERE m.status = 'pending' AND m.channel = $3 AND m.next_attempt_at <= $1
-                   AND NOT w.paused
-                 ORDER BY m.next_attempt_at LIMIT $2
-                 FOR UPDATE OF m SKIP LOCKED",
-            )
-            .bind(millis(now))
-            .bind(limit(n))
-            .bind(channel)
-            .fetch_all(&mut *tx.tx)
-            .await
-            .map_err(query("choosing messages to claim"))?;
+            let keys = claimable(&mut tx, now, n, Some(channel)).await?;
             group_of.extend(keys.iter().map(|k| (k.clone(), group)));
             candidates.extend(keys);
         }
@@ -111,8 +105,9 @@ impl PgStore {
             tx.end_unwritten().await?;
             return Ok(groups);
         }
-        let claimed = claim_candidates(&mut tx, now, &candidates).await?;
+        let (claimed, token) = claim_candidates(&mut tx, now, &candidates).await?;
         tx.commit().await?;
+        hold(self, &claimed, token);
         for message in claimed {
             groups[group_of[&message.key]].push(message);
         }
@@ -134,14 +129,56 @@ impl PgStore {
     }
 }
 
+/// Up to `n` messages to claim, of one `channel` or all, locked for this transaction (other
+/// claimers skip them): first those whose claim expired (their runner stopped or died),
+/// then those due, oldest first.
+async fn claimable(
+    tx: &mut PgTx,
+    now: Timestamp,
+    n: u32,
+    channel: Option<&str>,
+) -> Result<Vec<String>, Error> {
+    let mut keys: Vec<String> = sqlx::query_scalar(
+        "SELECT m.key FROM messages m JOIN workflows w ON w.id = m.workflow_id
+         WHERE m.status = 'sending' AND m.lease_expires_at < trellis_now_ms()
+           AND ($3::text IS NULL OR m.channel = $3) AND NOT w.paused
+         ORDER BY m.lease_expires_at LIMIT $2
+         FOR UPDATE OF m SKIP LOCKED",
+    )
+    .bind(millis(now))
+    .bind(limit(n))
+    .bind(channel)
+    .fetch_all(&mut *tx.tx)
+    .await
+    .map_err(query("choosing expired claims to take over"))?;
+    let room = n.saturating_sub(u32::try_from(keys.len()).unwrap_or(u32::MAX));
+    if room > 0 {
+        let due: Vec<String> = sqlx::query_scalar(
+            "SELECT m.key FROM messages m JOIN workflows w ON w.id = m.workflow_id
+             WHERE m.status = 'pending' AND m.next_attempt_at <= $1
+               AND ($3::text IS NULL OR m.channel = $3) AND NOT w.paused
+             ORDER BY m.next_attempt_at LIMIT $2
+             FOR UPDATE OF m SKIP LOCKED",
+        )
+        .bind(millis(now))
+        .bind(limit(room))
+        .bind(channel)
+        .fetch_all(&mut *tx.tx)
+        .await
+        .map_err(query("choosing messages to claim"))?;
+        keys.extend(due);
+    }
+    Ok(keys)
+}
+
 /// Checks consent and suppressions once more for `candidates` (not empty, locked by this
-/// transaction), cancelling or suppressing those that must not leave, then marks the rest
-/// `sending` and returns them in the candidates' order.
+/// transaction), cancelling or suppressing those that must not leave, then claims the rest
+/// under one new lease token and returns them in the candidates' order.
 async fn claim_candidates(
     tx: &mut PgTx,
     now: Timestamp,
     candidates: &[String],
-) -> Result<Vec<OutboxMessage>, Error> {
+) -> Result<(Vec<OutboxMessage>, Option<i64>), Error> {
     let now_ms = millis(now);
     // A marketing message queued before the customer opted out (by any route) never leaves;
     // nor does anything to an address suppressed since it was queued.
@@ -158,7 +195,7 @@ async fn claim_candidates(
     .map_err(query("cancelling messages without consent"))?;
     sqlx::query(
         "UPDATE messages SET status = 'suppressed', last_error = 'address suppressed before sending', updated_at = $1
-         WHERE key = ANY($2) AND status = 'pending' AND channel IN ('email', 'sms')
+         WHERE key = ANY($2) AND status IN ('pending', 'sending') AND channel IN ('email', 'sms')
            AND EXISTS (SELECT 1 FROM customers c JOIN suppressions s ON s.channel = messages.channel
                        AND s.address = lower(c.profile ->> CASE messages.channel WHEN 'email' THEN 'email' ELSE 'phone' END)
                        WHERE c.id = messages.customer_id)",
@@ -169,15 +206,20 @@ async fn claim_candidates(
     .await
     .map_err(query("suppressing messages to suppressed addresses"))?;
     let rows = sqlx::query(
-        "UPDATE messages SET status = 'sending', updated_at = $1
-         WHERE key = ANY($2) AND status = 'pending'
-         RETURNING key, workflow_id, customer_id, attempts, created_at, payload::text",
+        "WITH t AS (SELECT nextval('lease_tokens') AS token)
+         UPDATE messages SET status = 'sending', updated_at = $1, claimed_by = $3,
+                lease_token = t.token, lease_expires_at = trellis_now_ms() + $4
+         FROM t WHERE key = ANY($2) AND status IN ('pending', 'sending')
+         RETURNING key, workflow_id, customer_id, attempts, created_at, payload::text, t.token",
     )
     .bind(now_ms)
     .bind(candidates)
+    .bind(&tx.leases.runner)
+    .bind(tx.leases.ttl_ms())
     .fetch_all(&mut *tx.tx)
     .await
     .map_err(query("claiming messages"))?;
+    let token = rows.first().map(|r| r.get::<i64, _>(6));
     let mut claimed = rows
         .iter()
         .map(|r| {
@@ -199,7 +241,18 @@ async fn claim_candidates(
         .map(|(i, k)| (k.as_str(), i))
         .collect();
     claimed.sort_by_key(|m| place.get(m.key.as_str()).copied());
-    Ok(claimed)
+    Ok((claimed, token))
+}
+
+/// Remembers `claimed` as held under `token`, once their claim has committed (a renewal
+/// that ran before the commit would not see the rows and would drop the token).
+fn hold(store: &PgStore, claimed: &[OutboxMessage], token: Option<i64>) {
+    if let Some(token) = token {
+        let keys = claimed.iter().map(|m| m.key.clone());
+        store
+            .leases
+            .hold_messages(keys, token, tokio::time::Instant::now());
+    }
 }
 
 impl PgTx {
@@ -216,6 +269,7 @@ impl PgTx {
         if crate::crash_point::fail_point("record_outcomes") {
             return Err(Error::Busy("recording outcomes (a test's fail point)"));
         }
+        let outcomes = self.still_ours(outcomes).await?;
         let mut attempts = Vec::with_capacity(outcomes.len());
         let mut sent = Vec::new();
         let mut retried = Vec::new();
@@ -224,7 +278,7 @@ impl PgTx {
         // PostgreSQL refuses one key twice in an upsert; as SQLite's INSERT OR REPLACE, the
         // last outcome of an attempt wins.
         let mut attempt_row = HashMap::new();
-        for (key, attempt, outcome) in outcomes {
+        for (key, attempt, outcome) in outcomes.iter().copied() {
             let (label, detail) = match outcome {
                 AttemptOutcome::Sent { provider_id } => ("sent", provider_id.clone()),
                 AttemptOutcome::Retry { reason, .. } => ("retry", Some(reason.clone())),
@@ -322,6 +376,44 @@ impl PgTx {
                 .map_err(query(what))?;
         }
         Ok(())
+    }
+
+    /// The outcomes whose messages this runner still holds: claimed with the token it keeps
+    /// for them, and `sending` (locked until commit, so no claimer takes them meanwhile).
+    /// The others were taken over by another runner after this one's lease ran out; what
+    /// this one did with them is not recorded over the new owner's work.
+    async fn still_ours<'a>(
+        &mut self,
+        outcomes: &'a [(String, u32, AttemptOutcome)],
+    ) -> Result<Vec<&'a (String, u32, AttemptOutcome)>, Error> {
+        let keys: Vec<&str> = outcomes.iter().map(|(k, ..)| k.as_str()).collect();
+        // Peeked, not taken: if this transaction fails, the dispatcher records again.
+        let tokens = self.leases.message_tokens(&keys);
+        let (held, held_tokens): (Vec<&str>, Vec<i64>) = keys
+            .iter()
+            .zip(&tokens)
+            .filter_map(|(k, t)| Some((*k, (*t)?)))
+            .unzip();
+        let ours: std::collections::HashSet<String> = sqlx::query_scalar(
+            "SELECT m.key FROM messages m JOIN unnest($1::text[], $2::bigint[]) AS u(key, token)
+               ON m.key = u.key AND m.lease_token = u.token
+             WHERE m.status = 'sending' ORDER BY m.customer_id, m.key FOR UPDATE OF m",
+        )
+        .bind(&held)
+        .bind(&held_tokens)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query("checking outbox leases"))?
+        .into_iter()
+        .collect();
+        let lost = outcomes.len() - ours.len();
+        if lost > 0 {
+            tracing::warn!(
+                outcomes = lost,
+                "Outcomes of messages another runner took over are not recorded."
+            );
+        }
+        Ok(outcomes.iter().filter(|(k, ..)| ours.contains(k)).collect())
     }
 
     /// Records a provider's delivery report; a failure report also sets the last error. An

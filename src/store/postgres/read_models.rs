@@ -158,18 +158,24 @@ impl PgStore {
     /// # Errors
     /// On a database error.
     pub async fn next_attempt(&self) -> Result<Option<Timestamp>, Error> {
+        // Another runner's claim, once it expires, is due as well: it is taken over then.
         let row = sqlx::query(
-            "SELECT MIN(m.next_attempt_at) FROM messages m JOIN workflows w ON w.id = m.workflow_id
-             WHERE m.status = 'pending' AND NOT w.paused",
+            "SELECT LEAST(
+               (SELECT MIN(m.next_attempt_at) FROM messages m JOIN workflows w ON w.id = m.workflow_id
+                WHERE m.status = 'pending' AND NOT w.paused),
+               (SELECT MIN(m.lease_expires_at) FROM messages m JOIN workflows w ON w.id = m.workflow_id
+                WHERE m.status = 'sending' AND m.claimed_by <> $1 AND NOT w.paused))",
         )
+        .bind(&self.leases.runner)
         .fetch_one(&self.pool)
         .await
         .map_err(query("finding the next attempt"))?;
         Ok(row.get::<Option<i64>, _>(0).map(from_millis))
     }
 
-    /// The earliest pending attempt of one channel's messages (`messages.channel`), for the
-    /// continuous dispatcher's sleep while that channel has room.
+    /// The earliest pending attempt of one channel's messages (`messages.channel`), or the
+    /// earliest end of another runner's claim on one, for the continuous dispatcher's sleep
+    /// while that channel has room.
     ///
     /// # Errors
     /// On a database error.
@@ -177,12 +183,18 @@ impl PgStore {
         let row = sqlx::query(
             // In `messages_due_by_channel` order, stopping at the first row of a running
             // workflow (a MIN over the join would read every pending message).
-            "SELECT m.next_attempt_at FROM messages m JOIN workflows w ON w.id = m.workflow_id
-             WHERE m.status = 'pending' AND m.channel = $1 AND m.next_attempt_at IS NOT NULL
-               AND NOT w.paused
-             ORDER BY m.next_attempt_at LIMIT 1",
+            // Another runner's claim, once it expires, is due as well (`messages_leased`).
+            "SELECT LEAST(
+               (SELECT m.next_attempt_at FROM messages m JOIN workflows w ON w.id = m.workflow_id
+                WHERE m.status = 'pending' AND m.channel = $1 AND m.next_attempt_at IS NOT NULL
+                  AND NOT w.paused
+                ORDER BY m.next_attempt_at LIMIT 1),
+               (SELECT m.lease_expires_at FROM messages m JOIN workflows w ON w.id = m.workflow_id
+                WHERE m.status = 'sending' AND m.channel = $1 AND m.claimed_by <> $2 AND NOT w.paused
+                ORDER BY m.lease_expires_at LIMIT 1))",
         )
         .bind(channel)
+        .bind(&self.leases.runner)
         .fetch_optional(&self.pool)
         .await
         .map_err(query("finding a channel's next attempt"))?;

@@ -51,6 +51,10 @@ pub struct OpenOptions {
     /// How long a writer that holds the gate waits for another process's lock (SQLite's
     /// busy timeout). With `gate_wait`, no request waits without bound.
     pub lock_wait: Duration,
+    /// On PostgreSQL, how long a runner's lease on a customer or a claimed message lasts
+    /// unless renewed: a runner that dies loses its work to the others this long after.
+    /// SQLite, one runner by construction, has no leases.
+    pub lease_ttl: Duration,
 }
 
 impl Default for OpenOptions {
@@ -60,6 +64,7 @@ impl Default for OpenOptions {
             max_connections: 8,
             gate_wait: Duration::from_secs(6),
             lock_wait: Duration::from_secs(3),
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }
