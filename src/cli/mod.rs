@@ -5,6 +5,7 @@ pub mod import;
 mod schema;
 pub mod serve;
 mod simulate;
+mod store_copy;
 mod traits;
 mod validate;
 
@@ -24,7 +25,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the HTTP API, the scheduler and the dispatcher on SQLite.
+    /// Run the HTTP API, the scheduler and the dispatcher (on SQLite, or PostgreSQL).
     Serve(Box<crate::config::ServeConfig>),
     /// Check workflows and templates; print every problem as file:line: node <id>: problem.
     Validate(validate::Args),
@@ -34,8 +35,10 @@ pub enum Command {
     Schema,
     /// Load customers or events from a CSV or NDJSON file.
     Import(import::Args),
-    /// Recompute RFM scores, value tiers and lifecycle stages now.
+    /// Recompute RFM scores, value tiers, lifecycle stages and predicted traits now.
     Traits(traits::Args),
+    /// Move an installation from SQLite to PostgreSQL (`store copy --from … --to …`).
+    Store(store_copy::Args),
 }
 
 /// A single-threaded runtime and the store at `url`, for the one-shot commands.
@@ -66,5 +69,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schema => schema::run(),
         Command::Import(args) => import::run(&args),
         Command::Traits(args) => traits::run(&args),
+        Command::Store(args) => store_copy::run(&args),
     }
 }

@@ -9,6 +9,7 @@
 //! memory store) to the same cases.
 
 mod backend;
+pub mod copy;
 pub mod memory;
 mod ports;
 mod postgres;

@@ -27,5 +27,6 @@ mod runtime;
 mod segments;
 mod simulate;
 mod store_conformance;
+mod store_copy;
 mod tidy;
 mod traits;
