@@ -10,12 +10,10 @@ const DEFAULT_AT: &str = "09:00";
 pub(super) fn visit(wait: &Wait, run: &mut Run<'_>) -> Flow {
     let tz = run.tz();
     if let Some(duration) = wait.duration {
-        // A wait of nothing is no wait (`Node::waits`, which the validator's loop check
-        // uses): parking here would leave the customer waiting at a node that does not
-        // wait, for one scheduler round, in a loop the validator accepted because of it.
-        if !duration.as_signed().is_positive() {
-            return Flow::Next(wait.next.value.clone());
-        }
+        // A zero wait parks until now: the step ends here and the next one goes on, in
+        // another transaction (a yield; the benchmark's two-step journey is built on it).
+        // The validator's loop check does not count it as a wait (`Node::waits`), since a
+        // loop through nothing but zero waits would wake and park for ever.
         return Flow::Sleep(
             run.now
                 .saturating_add(duration.as_signed())
