@@ -13,6 +13,7 @@ mod c_api;
 mod end_to_end;
 mod engine_rate;
 mod limits;
+mod postgres;
 mod report;
 mod scheduler_rate;
 mod sinks;
@@ -45,7 +46,8 @@ struct Args {
     /// How long wake-ups keep falling due in the lateness figure, in seconds.
     #[arg(long, default_value_t = 10)]
     lateness_seconds: usize,
-    /// Only these figures: limit, engine, scheduler, e2e, email, ingest, broadcast, lateness.
+    /// Only these figures: limit, engine, scheduler, e2e, email, postgres, ingest,
+    /// broadcast, lateness.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Print JSON instead of a table.
@@ -191,6 +193,10 @@ async fn suite(args: &Args) -> anyhow::Result<()> {
         rows.extend(
             end_to_end::figures(n, runs, sqlite_limit, wanted("e2e"), wanted("email")).await?,
         );
+    }
+    if wanted("postgres") {
+        progress("PostgreSQL: the step limit, and 1, 2 and 4 runners");
+        rows.extend(postgres::figures(n, runs, true).await?);
     }
     if wanted("ingest") {
         progress("event ingest");

@@ -86,9 +86,14 @@ pub async fn seed_customers(store: &Store, n: usize, now: Timestamp) -> anyhow::
 /// The `trellis serve` settings of every run, for a database in `dir`; `extra` adds or
 /// overrides flags.
 pub fn serve_args(dir: &Path, workload: &str, extra: &[String]) -> Vec<String> {
+    serve_args_on(&database_url(dir), dir, workload, extra)
+}
+
+/// [`serve_args`] on the database at `url` (the outbox folder still in `dir`).
+pub fn serve_args_on(url: &str, dir: &Path, workload: &str, extra: &[String]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--database-url".into(),
-        database_url(dir),
+        url.to_owned(),
         "--insecure-no-auth".into(),
         "--workflows".into(),
         workflows(workload).display().to_string(),
@@ -122,8 +127,19 @@ pub async fn service(
     extra: &[String],
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Service> {
+    service_on(&database_url(dir), dir, workload, extra, clock).await
+}
+
+/// [`service`] on the database at `url`.
+pub async fn service_on(
+    url: &str,
+    dir: &Path,
+    workload: &str,
+    extra: &[String],
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Service> {
     let mut argv = vec!["trellis".to_owned(), "serve".to_owned()];
-    argv.extend(serve_args(dir, workload, extra));
+    argv.extend(serve_args_on(url, dir, workload, extra));
     let Command::Serve(config) = Cli::try_parse_from(argv)?.command else {
         unreachable!("the arguments name the serve command")
     };
