@@ -91,7 +91,7 @@ async fn wait_until_up(client: &reqwest::Client, runner: &Runner) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_runners_lose_nothing_duplicate_at_most_what_was_on_the_wire_and_a_stalled_one_sends_nothing_it_lost()
+async fn three_runners_lose_nothing_duplicate_at_most_what_was_on_the_wire_and_a_stalled_one_sends_and_records_nothing_it_lost()
  {
     let (db, _schema) = trellis::store::testing::temp_postgres_url().await;
     let smtp = SmtpSink::start();
@@ -147,18 +147,19 @@ async fn three_runners_lose_nothing_duplicate_at_most_what_was_on_the_wire_and_a
     for batch in 7..10 {
         assert!(post(&kept, batch).await.unwrap().status().is_success());
     }
-    // Well past the stopped runner's lease (2 s): the kept runner has taken over its work.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    stalled.signal("-CONT");
-    smtp.slow(None);
-
+    // The stopped runner stays stopped, well past its lease (2 s), until the kept runner has
+    // taken its work over and delivered everything: then what the stopped one still holds
+    // (deliveries it had on the wire, planned writes) is all stale when it resumes.
     let expected = CUSTOMERS * 2;
-    for _ in 0..600 {
-        if smtp.messages().len() >= expected {
+    smtp.slow(None);
+    for _ in 0..1200 {
+        if smtp.message_ids().len() >= expected {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stalled.signal("-CONT");
     // The resumed runner has had its chance to send or write what it held.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let by_id = smtp.message_ids();
@@ -186,6 +187,54 @@ async fn three_runners_lose_nothing_duplicate_at_most_what_was_on_the_wire_and_a
         counts,
         [("email".to_owned(), "sent".to_owned(), expected as i64)],
         "{counts:?}"
+    );
+    // A late outcome is not recorded over the work of the runner that took the message over:
+    // where a message was delivered twice, the store keeps the provider's answer to the last
+    // delivery (the sink answers "queued as N", N counting deliveries from 0).
+    let mut last: std::collections::BTreeMap<String, (usize, String)> = Default::default();
+    for (n, mail) in smtp.messages().iter().enumerate() {
+        let header = |name: &str| {
+            mail.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let to = header("To:");
+        last.insert(header("Message-ID:"), (n, to));
+    }
+    let mut checked = 0;
+    for (message_id, (n, to)) in &last {
+        // `message_ids` counts by the whole header line.
+        if by_id[&format!("Message-ID: {message_id}")] < 2 {
+            continue;
+        }
+        let customer = to
+            .trim_matches(['<', '>'])
+            .split('@')
+            .next()
+            .unwrap_or_default();
+        let id = trellis::model::CustomerId::parse(customer.to_owned()).unwrap();
+        let messages = store.messages_of(&id).await.unwrap();
+        let key = message_id
+            .trim_matches(['<', '>'])
+            .split('@')
+            .next()
+            .unwrap_or_default();
+        let stored = messages.iter().find(|m| m.key == key).unwrap();
+        assert!(
+            stored
+                .provider_id
+                .as_deref()
+                .is_some_and(|p| p.ends_with(&format!("queued as {n}"))),
+            "{message_id}: delivered last as {n}, recorded {:?}",
+            stored.provider_id
+        );
+        checked += 1;
+    }
+    assert!(
+        checked > 0,
+        "the stopped runner had deliveries on the wire (the SMTP server is slow): some message was delivered twice"
     );
     for i in (0..CUSTOMERS).step_by(7) {
         let id = trellis::model::CustomerId::parse(format!("c{i:04}")).unwrap();
