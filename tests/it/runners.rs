@@ -29,6 +29,11 @@ struct Runner {
 
 impl Runner {
     fn start(db: &str, smtp: &str) -> Runner {
+        Self::start_as(db, smtp, "all")
+    }
+
+    /// A runner in `role` (`all`, `api` or `worker`).
+    fn start_as(db: &str, smtp: &str, role: &str) -> Runner {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -37,7 +42,7 @@ impl Runner {
         let fixtures = root().join("tests/fixtures/crash");
         let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
             .args(["serve", "--database-url", db, "--smtp-url", smtp])
-            .args(["--api-token", TOKEN, "--lease-ttl", LEASE])
+            .args(["--api-token", TOKEN, "--lease-ttl", LEASE, "--role", role])
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--workflows")
@@ -460,4 +465,72 @@ async fn a_role_other_than_all_is_refused_on_sqlite_which_has_one_runner() {
         crate::app::build_error(&["--role", "all", "--api-token", TOKEN]).await,
         None
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_runner_at_a_time_leads_the_sweep_and_another_takes_over_when_its_lease_ends() {
+    use trellis::store::{OpenOptions, Store};
+
+    let (db, _schema) = trellis::store::testing::temp_postgres_url().await;
+    let options = OpenOptions {
+        lease_ttl: Duration::from_secs(1),
+        ..OpenOptions::default()
+    };
+    let (a, b) = (
+        Store::open(&db, options).await.unwrap(),
+        Store::open(&db, options).await.unwrap(),
+    );
+    assert!(a.lead("sweep").await.unwrap(), "the first to ask leads");
+    assert!(
+        !b.lead("sweep").await.unwrap(),
+        "while A's lease lasts, B does not"
+    );
+    assert!(a.lead("sweep").await.unwrap(), "A keeps it by asking again");
+    assert!(
+        b.lead("other").await.unwrap(),
+        "each job has a leader of its own"
+    );
+    // A stops asking (it died, or stalled): B leads once A's lease has ended, and A no more.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert!(b.lead("sweep").await.unwrap());
+    assert!(!a.lead("sweep").await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_runner_stores_events_and_a_worker_runner_sends_what_they_start() {
+    let (db, _schema) = trellis::store::testing::temp_postgres_url().await;
+    let smtp = SmtpSink::start();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let api = Runner::start_as(&db, &smtp.url(), "api");
+    wait_until_up(&client, &api).await;
+    let worker = Runner::start_as(&db, &smtp.url(), "worker");
+    // The worker serves no HTTP: its port stays closed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        client.get(worker.url("/healthz")).send().await.is_err(),
+        "a worker listens nowhere"
+    );
+    let put = client
+        .put(api.url("/v1/customers/ada"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"email": "ada@example.com", "consent": {"email": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let post = client
+        .post(api.url("/v1/events"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"customer_id": "ada", "name": "signup"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(post.status().is_success());
+    // Both emails of the two-step journey, sent by the worker (the API runner has no
+    // scheduler or dispatcher).
+    assert_eq!(wait_for(&smtp, 2).await, 2);
+    drop((api, worker));
 }
