@@ -447,6 +447,88 @@ pub struct MessageView {
     pub sent_at: Option<Timestamp>,
 }
 
+impl EnrollmentView {
+    /// The view of a stored enrollment state (the `state` column's JSON).
+    pub(crate) fn from_state(state: &str) -> Result<Self, Error> {
+        let e: crate::engine::Enrollment =
+            serde_json::from_str(state).map_err(decode("an enrollment"))?;
+        Ok(Self {
+            id: e.id.clone(),
+            workflow_id: e.workflow_id.to_string(),
+            workflow_version: e.workflow_version.clone(),
+            active: e.is_active(),
+            node: e.current_node().map(ToString::to_string),
+            next_wake: e.next_wake(),
+            entered_at: e.entered_at,
+            exit_reason: match &e.status {
+                crate::engine::Status::Exited { reason, .. } => Some(reason.to_string()),
+                _ => None,
+            },
+        })
+    }
+}
+
+/// A `messages` row as both backends read it for [`MessageView`]: `key, workflow_id, node,
+/// channel, template, status, attempts, last_error, provider_id, created_at, sent_at,
+/// delivery_status`.
+pub(crate) type MessageRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<String>,
+);
+
+impl From<MessageRow> for MessageView {
+    fn from(r: MessageRow) -> Self {
+        Self {
+            key: r.0,
+            workflow_id: r.1,
+            node: r.2,
+            channel: r.3,
+            template: r.4,
+            status: r.5,
+            attempts: r.6.try_into().unwrap_or(0),
+            last_error: r.7,
+            provider_id: r.8,
+            created_at: from_millis(r.9),
+            sent_at: r.10.map(from_millis),
+            delivery_status: r.11,
+        }
+    }
+}
+
+/// A `conversions` row as both backends read it for [`ConversionView`]: `workflow_id, event,
+/// value, arm, message_key, at`.
+pub(crate) type ConversionRow = (
+    String,
+    String,
+    Option<f64>,
+    Option<String>,
+    Option<String>,
+    i64,
+);
+
+impl From<ConversionRow> for ConversionView {
+    fn from(r: ConversionRow) -> Self {
+        Self {
+            workflow_id: r.0,
+            event: r.1,
+            value: r.2,
+            arm: r.3,
+            message_key: r.4,
+            at: from_millis(r.5),
+        }
+    }
+}
+
 /// Converts a timestamp to stored milliseconds.
 pub(crate) fn millis(at: Timestamp) -> i64 {
     at.as_millisecond()

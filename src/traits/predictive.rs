@@ -55,28 +55,18 @@ impl ModelFit {
     /// The fits in a few lines: parameters with their standard errors, log-likelihood,
     /// iterations and convergence, or why a model could not be fitted.
     pub fn summary(&self) -> String {
-        let se = |v: Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.4}"));
         let bgnbd = match &self.bgnbd {
             Ok(f) => {
                 let (p, e) = (&f.params, f.std_errors.as_ref());
-                format!(
-                    "BG/NBD over {} customers: r={:.4} (±{}) alpha={:.4} (±{}) a={:.4} (±{}) b={:.4} (±{}); log-likelihood {:.2}, {} iterations, {}",
-                    f.customers,
-                    p.r,
-                    se(e.map(|e| e.r)),
-                    p.alpha,
-                    se(e.map(|e| e.alpha)),
-                    p.a,
-                    se(e.map(|e| e.a)),
-                    p.b,
-                    se(e.map(|e| e.b)),
-                    f.log_likelihood,
-                    f.iterations,
-                    if f.converged {
-                        "converged"
-                    } else {
-                        "not converged"
-                    }
+                fit_line(
+                    &format!("BG/NBD over {} customers", f.customers),
+                    &[
+                        ("r", p.r, e.map(|e| e.r)),
+                        ("alpha", p.alpha, e.map(|e| e.alpha)),
+                        ("a", p.a, e.map(|e| e.a)),
+                        ("b", p.b, e.map(|e| e.b)),
+                    ],
+                    f,
                 )
             }
             Err(e) => format!(
@@ -87,28 +77,43 @@ impl ModelFit {
         let gamma_gamma = match &self.gamma_gamma {
             Ok(f) => {
                 let (p, e) = (&f.params, f.std_errors.as_ref());
-                format!(
-                    "Gamma-Gamma over {} repeat customers: p={:.4} (±{}) q={:.4} (±{}) v={:.4} (±{}); log-likelihood {:.2}, {} iterations, {}",
-                    f.customers,
-                    p.p,
-                    se(e.map(|e| e.p)),
-                    p.q,
-                    se(e.map(|e| e.q)),
-                    p.v,
-                    se(e.map(|e| e.v)),
-                    f.log_likelihood,
-                    f.iterations,
-                    if f.converged {
-                        "converged"
-                    } else {
-                        "not converged"
-                    }
+                fit_line(
+                    &format!("Gamma-Gamma over {} repeat customers", f.customers),
+                    &[
+                        ("p", p.p, e.map(|e| e.p)),
+                        ("q", p.q, e.map(|e| e.q)),
+                        ("v", p.v, e.map(|e| e.v)),
+                    ],
+                    f,
                 )
             }
             Err(e) => format!("Gamma-Gamma not fitted: {e}; no clv_365d"),
         };
         format!("{bgnbd}\n{gamma_gamma}")
     }
+}
+
+/// One fit on a line: `what: name=value (±standard error) …; log-likelihood, iterations,
+/// convergence`.
+fn fit_line<P>(what: &str, params: &[(&str, f64, Option<f64>)], fit: &Fit<P>) -> String {
+    let shown: Vec<String> = params
+        .iter()
+        .map(|(name, value, se)| {
+            let se = se.map_or_else(|| "?".to_owned(), |v| format!("{v:.4}"));
+            format!("{name}={value:.4} (±{se})")
+        })
+        .collect();
+    format!(
+        "{what}: {}; log-likelihood {:.2}, {} iterations, {}",
+        shown.join(" "),
+        fit.log_likelihood,
+        fit.iterations,
+        if fit.converged {
+            "converged"
+        } else {
+            "not converged"
+        }
+    )
 }
 
 /// One customer's predicted traits.

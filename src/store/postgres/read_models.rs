@@ -3,7 +3,6 @@
 //! `store::sqlite::read_models` reads them.
 
 use super::*;
-use crate::engine::{Enrollment, Status};
 use crate::store::{ConversionView, EnrollmentView, MessageView};
 
 impl PgStore {
@@ -49,23 +48,7 @@ impl PgStore {
         .await
         .map_err(query("reading enrollments"))?;
         rows.iter()
-            .map(|r| {
-                let e: Enrollment =
-                    serde_json::from_str(r.get::<&str, _>(0)).map_err(decode("an enrollment"))?;
-                Ok(EnrollmentView {
-                    id: e.id.clone(),
-                    workflow_id: e.workflow_id.to_string(),
-                    workflow_version: e.workflow_version.clone(),
-                    active: e.is_active(),
-                    node: e.current_node().map(ToString::to_string),
-                    next_wake: e.next_wake(),
-                    entered_at: e.entered_at,
-                    exit_reason: match &e.status {
-                        Status::Exited { reason, .. } => Some(reason.to_string()),
-                        _ => None,
-                    },
-                })
-            })
+            .map(|r| EnrollmentView::from_state(r.get::<&str, _>(0)))
             .collect()
     }
 
@@ -74,31 +57,15 @@ impl PgStore {
     /// # Errors
     /// On a database error.
     pub async fn messages_of(&self, id: &CustomerId) -> Result<Vec<MessageView>, Error> {
-        let rows = sqlx::query(
-            "SELECT key, workflow_id, node, channel, template, status, attempts, last_error, provider_id, created_at, sent_at, delivery_status
+        let rows: Vec<crate::store::MessageRow> = sqlx::query_as(
+            "SELECT key, workflow_id, node, channel, template, status, attempts::bigint, last_error, provider_id, created_at, sent_at, delivery_status
              FROM messages WHERE customer_id = $1 ORDER BY created_at DESC, key",
         )
         .bind(id.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(query("reading messages"))?;
-        Ok(rows
-            .iter()
-            .map(|r| MessageView {
-                key: r.get(0),
-                workflow_id: r.get(1),
-                node: r.get(2),
-                channel: r.get(3),
-                template: r.get(4),
-                status: r.get(5),
-                attempts: r.get::<i32, _>(6).try_into().unwrap_or(0),
-                last_error: r.get(7),
-                provider_id: r.get(8),
-                created_at: from_millis(r.get(9)),
-                sent_at: r.get::<Option<i64>, _>(10).map(from_millis),
-                delivery_status: r.get(11),
-            })
-            .collect())
+        Ok(rows.into_iter().map(MessageView::from).collect())
     }
 
     /// The customer's conversions, newest first.
@@ -106,22 +73,12 @@ impl PgStore {
     /// # Errors
     /// On a database error.
     pub async fn conversions_of(&self, id: &CustomerId) -> Result<Vec<ConversionView>, Error> {
-        let rows = sqlx::query("SELECT workflow_id, event, value, arm, message_key, at FROM conversions WHERE customer_id = $1 ORDER BY at DESC")
+        let rows: Vec<crate::store::ConversionRow> = sqlx::query_as("SELECT workflow_id, event, value, arm, message_key, at FROM conversions WHERE customer_id = $1 ORDER BY at DESC")
             .bind(id.as_str())
             .fetch_all(&self.pool)
             .await
             .map_err(query("reading conversions"))?;
-        Ok(rows
-            .iter()
-            .map(|r| ConversionView {
-                workflow_id: r.get(0),
-                event: r.get(1),
-                value: r.get(2),
-                arm: r.get(3),
-                message_key: r.get(4),
-                at: from_millis(r.get(5)),
-            })
-            .collect())
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     /// Active enrollments per workflow.

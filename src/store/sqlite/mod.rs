@@ -26,7 +26,7 @@ use super::{
     AttemptOutcome, EnrollmentView, Error, Inserted, MessageView, NewMessage, OutboxMessage,
     StoredEvent, decode, from_millis, millis, note_failure, query,
 };
-use crate::engine::{Enrollment, Status};
+use crate::engine::Enrollment;
 use crate::journey::{CustomerState, CustomerWrite, FireWrite, LoadSpec};
 use crate::model::{Channel, Customer, CustomerId, Event, EventId};
 
