@@ -230,6 +230,16 @@ async fn attempt(
     // taken it is not started: the other runner sends it, once.
     if !ctx.store.still_claimed(&message.key) {
         tracing::warn!(key = %message.key, "The claim on this message may have passed to another runner; not sending it.");
+        // Handed back, fenced by the claim's token: if it is still ours, it goes back to
+        // pending at once (rather than staying `sending` under a claim nobody will start);
+        // if another runner took it, this changes nothing.
+        if let Err(err) = ctx
+            .store
+            .release_claims(std::slice::from_ref(&message.key))
+            .await
+        {
+            tracing::warn!(error = %crate::scheduler::error_chain(&err), "Handing back a lapsed claim failed; it expires by itself.");
+        }
         return None;
     }
     let attempt = message.attempts + 1;

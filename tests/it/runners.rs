@@ -534,3 +534,36 @@ async fn an_api_runner_stores_events_and_a_worker_runner_sends_what_they_start()
     assert_eq!(wait_for(&smtp, 2).await, 2);
     drop((api, worker));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_customers_pending_events_never_hide_the_others_from_the_claims() {
+    use trellis::store::{JourneyTx, Store};
+
+    let (db, _schema) = trellis::store::testing::temp_postgres_url().await;
+    let store = Store::open(&db, Default::default()).await.unwrap();
+    let now: jiff::Timestamp = "2026-03-02T08:00:00Z".parse().unwrap();
+    let (ada, bob) = (
+        trellis::model::CustomerId::parse("ada").unwrap(),
+        trellis::model::CustomerId::parse("bob").unwrap(),
+    );
+    let ping = trellis::model::Event {
+        id: None,
+        name: "ping".into(),
+        timestamp: now,
+        properties: Default::default(),
+    };
+    // Ada's 50 events arrive first, then she is erased before any is processed.
+    let mut tx = store.begin().await.unwrap();
+    let adas: Vec<(&trellis::model::CustomerId, &trellis::model::Event)> =
+        (0..50).map(|_| (&ada, &ping)).collect();
+    tx.insert_events(&adas, now).await.unwrap();
+    tx.insert_event(&bob, &ping, now).await.unwrap();
+    assert!(tx.erase_customer(&ada, now).await.unwrap());
+    tx.commit().await.unwrap();
+    // A claim of 10 looks at a window of 40: the erased events must not fill it.
+    let mut tx = store.begin().await.unwrap();
+    let pending = tx.pending_events(10).await.unwrap();
+    tx.end_unwritten().await.unwrap();
+    let whose: Vec<&str> = pending.iter().map(|e| e.customer_id.as_str()).collect();
+    assert_eq!(whose, ["bob"]);
+}

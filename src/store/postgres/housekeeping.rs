@@ -51,8 +51,10 @@ impl PgStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Up to `limit` customer ids after `after`, in bytewise order (ids are `COLLATE "C"`):
-    /// the sweep's pages.
+    /// Up to `limit` customer ids after `after`, in bytewise order (ids are `COLLATE "C"`),
+    /// each leased to this runner: the sweep's pages. The sweep's writes are then fenced as
+    /// the scheduler's are; a customer another runner holds is skipped until the next sweep
+    /// (a page of nothing but such customers is passed over, not taken for the end).
     ///
     /// # Errors
     /// On a database error.
@@ -61,16 +63,39 @@ impl PgStore {
         after: Option<&str>,
         n: u32,
     ) -> Result<Vec<CustomerId>, Error> {
-        let rows = sqlx::query("SELECT id FROM customers WHERE id > $1 ORDER BY id LIMIT $2")
-            .bind(after.unwrap_or(""))
+        let mut after = after.unwrap_or("").to_owned();
+        loop {
+            let mut tx = self.begin().await?;
+            let leased = tx
+                .lease_customers(
+                    "SELECT id AS customer_id, id AS first FROM customers
+                     WHERE id > $4 ORDER BY id LIMIT $3",
+                    n,
+                    super::journey::Arg::Text(&after),
+                )
+                .await?;
+            let page_end: Option<String> = sqlx::query_scalar(
+                "SELECT max(id) FROM (SELECT id FROM customers WHERE id > $1 ORDER BY id LIMIT $2) p",
+            )
+            .bind(&after)
             .bind(limit(n))
-            .fetch_all(&self.pool)
+            .fetch_one(&mut *tx.tx)
             .await
             .map_err(query("listing customers"))?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| CustomerId::parse(r.get::<String, _>(0)).ok())
-            .collect())
+            tx.commit().await?;
+            if !leased.is_empty() {
+                let mut ids: Vec<CustomerId> = leased
+                    .into_iter()
+                    .filter_map(|id| CustomerId::parse(id).ok())
+                    .collect();
+                ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                return Ok(ids);
+            }
+            match page_end {
+                Some(end) => after = end,
+                None => return Ok(Vec::new()),
+            }
+        }
     }
 
     /// Every customer's `order_completed` statistics, in id order. A value is read as

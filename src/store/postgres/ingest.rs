@@ -265,7 +265,9 @@ impl PgTx {
         // Each statement binds exactly the parameters it names: PostgreSQL refuses a
         // parameter whose type it cannot infer.
         let moves = [
-            "UPDATE events SET customer_id = $2, properties = '{}', id = NULL WHERE customer_id = $1",
+            // Processed as well: nobody leases an erased customer, so an event left pending
+            // would sit in front of every claim's window for ever.
+            "UPDATE events SET customer_id = $2, properties = '{}', id = NULL, processed = true WHERE customer_id = $1",
             "UPDATE messages SET customer_id = $2, payload = '{\"channel\":\"none\"}' WHERE customer_id = $1",
             "UPDATE enrollments SET customer_id = $2, active = false, wake_at = NULL, node = NULL, state = '{}' WHERE customer_id = $1",
             "UPDATE conversions SET customer_id = $2 WHERE customer_id = $1",

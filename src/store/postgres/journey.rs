@@ -10,6 +10,16 @@ use crate::engine::Enrollment;
 use crate::journey::{CustomerState, CustomerWrite, LoadSpec};
 use crate::store::{DueFire, NewMessage, StoredEvent, millis};
 
+/// The `$4` of a lease claim's candidates query.
+pub(super) enum Arg<'a> {
+    /// None.
+    None,
+    /// A time, in milliseconds.
+    Millis(i64),
+    /// Text, such as the id a page starts after.
+    Text(&'a str),
+}
+
 impl PgTx {
     /// A customer's profile.
     ///
@@ -32,11 +42,16 @@ impl PgTx {
     pub async fn pending_events(&mut self, n: u32) -> Result<Vec<StoredEvent>, Error> {
         let customers = self
             .lease_customers(
+                // The window is taken among customers nobody holds, so a customer another
+                // runner works through, however many events it has, never hides the rest.
                 "SELECT customer_id, min(seq) AS first
-                 FROM (SELECT customer_id, seq FROM events WHERE NOT processed ORDER BY seq LIMIT $3 * 4) w
+                 FROM (SELECT e.customer_id, e.seq FROM events e
+                       JOIN customer_leases l ON l.customer_id = e.customer_id
+                       WHERE NOT e.processed AND l.expires_at < trellis_now_ms()
+                       ORDER BY e.seq LIMIT $3 * 4) w
                  GROUP BY customer_id",
                 n,
-                None,
+                Arg::None,
             )
             .await?;
         if customers.is_empty() {
@@ -75,7 +90,7 @@ impl PgTx {
                        ORDER BY fire_at LIMIT $3 * 4) w
                  GROUP BY customer_id",
                 n,
-                Some(millis(now)),
+                Arg::Millis(millis(now)),
             )
             .await?;
         if customers.is_empty() {
@@ -121,7 +136,7 @@ impl PgTx {
                        ORDER BY e.wake_at LIMIT $3 * 4) w
                  GROUP BY customer_id",
                 n,
-                Some(millis(now)),
+                Arg::Millis(millis(now)),
             )
             .await?;
         if customers.is_empty() {
@@ -145,25 +160,35 @@ impl PgTx {
 
     /// Gives back the customers this runner held from its last round, then leases up to `n`
     /// of the customers `candidates` names (a query of `customer_id, first` over the oldest
-    /// `$3 * 4` due items, `$4` being now when `now` is given) whose lease is free, earliest
+    /// `$3 * 4` due items, `$4` being `arg` when there is one) whose lease is free, earliest
     /// first, skipping rows another claim has locked: their ids, held from now with one new
     /// token.
-    async fn lease_customers(
+    pub(super) async fn lease_customers(
         &mut self,
         candidates: &str,
         n: u32,
-        now: Option<i64>,
+        arg: Arg<'_>,
     ) -> Result<Vec<String>, Error> {
-        let given_back = self.leases.take_customers();
-        if !given_back.is_empty() {
-            sqlx::query(
-                "UPDATE customer_leases SET expires_at = 0 WHERE token = ANY($1) AND runner_id = $2",
+        let (ids, tokens) = self.leases.take_customers();
+        if !ids.is_empty() {
+            // By primary key, locked in id order as every other lease statement locks them.
+            let given_back = sqlx::query(
+                "WITH mine AS (
+                    SELECT customer_id FROM customer_leases
+                    WHERE customer_id = ANY($1) AND token = ANY($2) AND runner_id = $3
+                    ORDER BY customer_id FOR UPDATE)
+                 UPDATE customer_leases l SET expires_at = 0 FROM mine
+                 WHERE l.customer_id = mine.customer_id",
             )
-            .bind(&given_back)
+            .bind(&ids)
+            .bind(&tokens)
             .bind(&self.leases.runner)
             .execute(&mut *self.tx)
-            .await
-            .map_err(query("giving back customer leases"))?;
+            .await;
+            if let Err(err) = given_back {
+                self.leases.rehold_customers(ids, tokens);
+                return Err(query("giving back customer leases")(err));
+            }
         }
         let sql = format!(
             "WITH cand AS ({candidates}),
@@ -182,8 +207,10 @@ impl PgTx {
             .bind(&self.leases.runner)
             .bind(self.leases.ttl_ms())
             .bind(limit(n));
-        if let Some(now) = now {
-            claim = claim.bind(now);
+        match arg {
+            Arg::None => {}
+            Arg::Millis(ms) => claim = claim.bind(ms),
+            Arg::Text(text) => claim = claim.bind(text.to_owned()),
         }
         let rows = claim
             .fetch_all(&mut *self.tx)

@@ -295,7 +295,8 @@ impl PgTx {
         .map_err(query("checking customer leases"))?;
         // A customer this runner leased is written while the token is still its own (even
         // past expiry, if nobody took it: nobody else did the work); one it holds nothing
-        // for (the sweep's) only while nobody's lease is live.
+        // for (a caller outside the drive, such as a test) only while nobody's lease is
+        // live. The drive's writes, the sweep's included, are always of leased customers.
         let lost: std::collections::HashSet<&str> = leases
             .iter()
             .filter(|r| {

@@ -1,20 +1,21 @@
 //! Several runners on one database (docs/design-postgres.md §5): what this runner holds, and
 //! the statements that take, check, renew and give back leases.
 //!
-//! - **Customers.** The scheduler's due work (events, wake-ups, occurrences) is taken by
-//!   leasing its customers: `customer_leases` rows claimed `FOR UPDATE SKIP LOCKED`, one
-//!   token per claim, expiring `lease_ttl` later by the database's clock. A journey write is
-//!   fenced by the token: it goes through only while the token in the row is still the one
-//!   this runner holds (or, for a customer it holds nothing for, such as a sweep's, while
-//!   nobody's lease is live). A runner's holdings are given back at its next claim, after
-//!   the round that used them. A runner that dies loses them when they expire; one that was
-//!   stopped and resumes finds its token replaced and writes nothing.
+//! - **Customers.** The scheduler's due work (events, wake-ups, occurrences) and the sweep's
+//!   pages are taken by leasing their customers: `customer_leases` rows claimed `FOR UPDATE
+//!   SKIP LOCKED`, one token per claim, expiring `lease_ttl` later by the database's clock.
+//!   A journey write is fenced by the token: it goes through only while the token in the row
+//!   is still the one this runner holds. A runner's holdings are given back at its next
+//!   claim, after the round that used them. A runner that dies loses them when they expire;
+//!   one that was stopped and resumes finds its token replaced and writes nothing.
 //! - **Outbox.** A claimed message is `sending` under `claimed_by`/`lease_token`/
-//!   `lease_expires_at`; an expired one is claimable again. Outcomes are recorded only for
-//!   rows whose token is still this runner's. A task renews the tokens of messages waiting
-//!   for a permit; the dispatcher does not start a delivery whose lease may have lapsed
-//!   ([`Leases::still_claimed`]), so a runner stopped past its lease sends at most what
-//!   was already on the wire again.
+//!   `lease_expires_at`; another runner's expired one is claimable again (never the runner's
+//!   own: its renewal revives it). Outcomes are recorded only for rows whose token is still
+//!   this runner's. A task renews, key by key, the claims of messages waiting for a permit,
+//!   and forgets a key it no longer finds ours; the dispatcher does not start a delivery
+//!   whose claim was last known live more than ⅔ of a lease ago
+//!   ([`Leases::still_claimed`]) and hands such a claim back, so a runner stopped past its
+//!   lease sends at most what was already on the wire again.
 //! - **Leader.** `leader_leases` names one runner per singleton job (the sweep), River's
 //!   `river_leader` in one upsert. Correctness never rests on it: it only keeps the work
 //!   from being done twice.
@@ -44,11 +45,11 @@ pub(crate) struct Leases {
 /// The outbox leases this runner holds.
 #[derive(Debug, Default)]
 struct Outbox {
-    /// Message key → its claim's token, until its outcome is recorded or it is released.
-    by_key: HashMap<String, i64>,
-    /// Token → when its lease was last known to be live (claimed or renewed), by this
-    /// process's monotonic clock: only ever compared with itself.
-    renewed: HashMap<i64, Instant>,
+    /// Message key → its claim's token and when that claim was last known to be live
+    /// (claimed or renewed, by this process's monotonic clock, only ever compared with
+    /// itself), until its outcome is recorded, it is released, or a renewal no longer finds
+    /// it ours. Kept per key: another runner may take over some of one claim's messages.
+    by_key: HashMap<String, (i64, Instant)>,
 }
 
 impl Leases {
@@ -68,13 +69,22 @@ impl Leases {
         i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Forgets every customer held and returns the tokens, to be given back.
-    pub(crate) fn take_customers(&self) -> Vec<i64> {
+    /// Forgets every customer held and returns them with their tokens, in id order, to be
+    /// given back (and held again with [`Leases::rehold_customers`] if that fails).
+    pub(crate) fn take_customers(&self) -> (Vec<String>, Vec<i64>) {
         let mut held = self.customers.lock().expect("never held across a panic");
-        let mut tokens: Vec<i64> = held.drain().map(|(_, t)| t).collect();
-        tokens.sort_unstable();
-        tokens.dedup();
-        tokens
+        let mut taken: Vec<(String, i64)> = held.drain().collect();
+        taken.sort_unstable();
+        taken.into_iter().unzip()
+    }
+
+    /// Holds again what [`Leases::take_customers`] returned, after a give-back that failed:
+    /// otherwise those customers would wait out their leases.
+    pub(crate) fn rehold_customers(&self, ids: Vec<String>, tokens: Vec<i64>) {
+        let mut held = self.customers.lock().expect("never held across a panic");
+        for (id, token) in ids.into_iter().zip(tokens) {
+            held.entry(id).or_insert(token);
+        }
     }
 
     /// Records the customers a claim leased with `token`.
@@ -92,7 +102,8 @@ impl Leases {
             .copied()
     }
 
-    /// Records messages claimed with `token`, live from `at`.
+    /// Records messages claimed with `token`, live from `at` (taken before the claim
+    /// began, so a stall between the claim and this call only makes the claim look older).
     pub(crate) fn hold_messages(
         &self,
         keys: impl Iterator<Item = String>,
@@ -100,23 +111,24 @@ impl Leases {
         at: Instant,
     ) {
         let mut outbox = self.outbox.lock().expect("never held across a panic");
-        outbox.by_key.extend(keys.map(|k| (k, token)));
-        outbox.renewed.insert(token, at);
+        outbox.by_key.extend(keys.map(|k| (k, (token, at))));
     }
 
     /// The tokens of `keys`' claims (`None` for a key this runner does not hold), and
     /// forgets them: they are being released.
     pub(crate) fn take_messages(&self, keys: &[&str]) -> Vec<Option<i64>> {
         let mut outbox = self.outbox.lock().expect("never held across a panic");
-        keys.iter().map(|k| outbox.by_key.remove(*k)).collect()
+        keys.iter()
+            .map(|k| outbox.by_key.remove(*k).map(|(token, _)| token))
+            .collect()
     }
 
-    /// The tokens of `keys`' claims (`None` for a key this runner does not hold), kept:
-    /// a renewal that finds none of a token's messages `sending` any more forgets it.
+    /// The tokens of `keys`' claims (`None` for a key this runner does not hold), kept: a
+    /// renewal that no longer finds a key ours forgets it.
     pub(crate) fn message_tokens(&self, keys: &[&str]) -> Vec<Option<i64>> {
         let outbox = self.outbox.lock().expect("never held across a panic");
         keys.iter()
-            .map(|k| outbox.by_key.get(*k).copied())
+            .map(|k| outbox.by_key.get(*k).map(|(token, _)| *token))
             .collect()
     }
 
@@ -129,33 +141,34 @@ impl Leases {
         outbox
             .by_key
             .get(key)
-            .and_then(|token| outbox.renewed.get(token))
-            .is_some_and(|at| at.elapsed() < self.ttl * 2 / 3)
+            .is_some_and(|(_, at)| at.elapsed() < self.ttl * 2 / 3)
     }
 
-    /// The tokens this runner holds messages under.
-    fn outbox_tokens(&self) -> Vec<i64> {
+    /// The claims this runner holds, as keys and their tokens, for a renewal.
+    fn outbox_claims(&self) -> (Vec<String>, Vec<i64>) {
         let outbox = self.outbox.lock().expect("never held across a panic");
-        outbox.renewed.keys().copied().collect()
+        outbox
+            .by_key
+            .iter()
+            .map(|(key, (token, _))| (key.clone(), *token))
+            .unzip()
     }
 
-    /// After a renewal sent at `at` for `asked`: the tokens in `live` (that still had a
-    /// message `sending`) are live as of `at`; the others, whose messages were all
-    /// recorded, released or taken over, are forgotten with their keys.
-    fn renewed(&self, asked: &[i64], live: &[i64], at: Instant) {
+    /// After a renewal sent at `at` for `asked`: the keys in `live` (still `sending` under
+    /// this runner's token) are live as of `at`; the others — recorded, released, or taken
+    /// over by another runner — are forgotten, so none of them is started here again.
+    fn renewed(&self, asked: &[String], live: &[String], at: Instant) {
         let mut outbox = self.outbox.lock().expect("never held across a panic");
-        let live: std::collections::HashSet<i64> = live.iter().copied().collect();
-        for token in asked {
-            if live.contains(token) {
-                if let Some(when) = outbox.renewed.get_mut(token) {
+        let live: std::collections::HashSet<&str> = live.iter().map(String::as_str).collect();
+        for key in asked {
+            if live.contains(key.as_str()) {
+                if let Some((_, when)) = outbox.by_key.get_mut(key) {
                     *when = at;
                 }
             } else {
-                outbox.renewed.remove(token);
+                outbox.by_key.remove(key);
             }
         }
-        let Outbox { by_key, renewed } = &mut *outbox;
-        by_key.retain(|_, token| renewed.contains_key(token));
     }
 }
 
@@ -191,25 +204,31 @@ pub(crate) async fn renew_outbox(leases: Weak<Leases>) {
         let Some(leases) = leases.upgrade() else {
             return;
         };
-        let tokens = leases.outbox_tokens();
-        if tokens.is_empty() {
+        let (keys, tokens) = leases.outbox_claims();
+        if keys.is_empty() {
             continue;
         }
         let sent = Instant::now();
-        let renewed: Result<Vec<i64>, _> = sqlx::query_scalar(
-            "WITH r AS (
-                UPDATE messages SET lease_expires_at = trellis_now_ms() + $2
-                WHERE lease_token = ANY($1) AND status = 'sending' AND claimed_by = $3
-                RETURNING lease_token)
-             SELECT DISTINCT lease_token FROM r",
+        // Rows locked in (customer, key) order, as the recorder locks them: no deadlock.
+        let renewed: Result<Vec<String>, _> = sqlx::query_scalar(
+            "WITH mine AS (
+                SELECT m.customer_id, m.key FROM messages m
+                JOIN unnest($1::text[], $2::bigint[]) AS u(key, token)
+                  ON m.key = u.key AND m.lease_token = u.token
+                WHERE m.status = 'sending' AND m.claimed_by = $4
+                ORDER BY m.customer_id, m.key FOR UPDATE OF m)
+             UPDATE messages SET lease_expires_at = trellis_now_ms() + $3
+             FROM mine WHERE messages.customer_id = mine.customer_id AND messages.key = mine.key
+             RETURNING messages.key",
         )
+        .bind(&keys)
         .bind(&tokens)
         .bind(leases.ttl_ms())
         .bind(&leases.runner)
         .fetch_all(&leases.pool)
         .await;
         match renewed {
-            Ok(live) => leases.renewed(&tokens, &live, sent),
+            Ok(live) => leases.renewed(&keys, &live, sent),
             Err(err) => tracing::warn!(error = %err, "Renewing outbox leases failed; retrying."),
         }
     }

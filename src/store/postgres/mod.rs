@@ -246,15 +246,23 @@ impl PgStore {
     /// # Errors
     /// On a database error.
     pub async fn release_leases(&self) -> Result<(), Error> {
-        let tokens = self.leases.take_customers();
+        let (ids, tokens) = self.leases.take_customers();
         sqlx::query(
-            "UPDATE customer_leases SET expires_at = 0 WHERE token = ANY($1) AND runner_id = $2",
+            "UPDATE customer_leases SET expires_at = 0
+             WHERE customer_id = ANY($1) AND token = ANY($2) AND runner_id = $3",
         )
+        .bind(&ids)
         .bind(&tokens)
         .bind(&self.leases.runner)
         .execute(&self.pool)
         .await
         .map_err(query("giving back customer leases"))?;
+        // The leader lease too, so another runner sweeps without waiting for its end.
+        sqlx::query("DELETE FROM leader_leases WHERE runner_id = $1")
+            .bind(&self.leases.runner)
+            .execute(&self.pool)
+            .await
+            .map_err(query("giving back leader leases"))?;
         Ok(())
     }
 

@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use tokio::time::Instant;
+
 use super::*;
 use crate::store::{AttemptOutcome, OutboxMessage, millis};
 
@@ -66,6 +68,7 @@ impl PgStore {
         now: Timestamp,
         n: u32,
     ) -> Result<Vec<OutboxMessage>, Error> {
+        let began = Instant::now();
         let mut tx = self.begin().await?;
         let candidates = claimable(&mut tx, now, n, None).await?;
         if candidates.is_empty() {
@@ -74,7 +77,7 @@ impl PgStore {
         }
         let (claimed, token) = claim_candidates(&mut tx, now, &candidates).await?;
         tx.commit().await?;
-        hold(self, &claimed, token);
+        hold(self, &claimed, token, began);
         Ok(claimed)
     }
 
@@ -89,6 +92,7 @@ impl PgStore {
         now: Timestamp,
         limits: &[(&str, u32)],
     ) -> Result<Vec<Vec<OutboxMessage>>, Error> {
+        let began = Instant::now();
         let mut tx = self.begin().await?;
         let mut group_of = HashMap::new();
         let mut candidates = Vec::new();
@@ -107,7 +111,7 @@ impl PgStore {
         }
         let (claimed, token) = claim_candidates(&mut tx, now, &candidates).await?;
         tx.commit().await?;
-        hold(self, &claimed, token);
+        hold(self, &claimed, token, began);
         for message in claimed {
             groups[group_of[&message.key]].push(message);
         }
@@ -139,15 +143,21 @@ async fn claimable(
     channel: Option<&str>,
 ) -> Result<Vec<String>, Error> {
     let mut keys: Vec<String> = sqlx::query_scalar(
+        // Never this runner's own: a claim of its own that lapsed (a slow renewal, an
+        // outage) is still in its pipeline, and its renewal revives it; claiming it again
+        // would start it twice here.
         "SELECT m.key FROM messages m JOIN workflows w ON w.id = m.workflow_id
-         WHERE m.status = 'sending' AND m.lease_expires_at < trellis_now_ms()
+         WHERE m.status = 'sending'
+           AND (m.lease_expires_at < trellis_now_ms() OR m.lease_expires_at IS NULL)
+           AND m.claimed_by IS DISTINCT FROM $4
            AND ($3::text IS NULL OR m.channel = $3) AND NOT w.paused
-         ORDER BY m.lease_expires_at LIMIT $2
+         ORDER BY m.lease_expires_at NULLS FIRST LIMIT $2
          FOR UPDATE OF m SKIP LOCKED",
     )
     .bind(millis(now))
     .bind(limit(n))
     .bind(channel)
+    .bind(&tx.leases.runner)
     .fetch_all(&mut *tx.tx)
     .await
     .map_err(query("choosing expired claims to take over"))?;
@@ -245,13 +255,12 @@ async fn claim_candidates(
 }
 
 /// Remembers `claimed` as held under `token`, once their claim has committed (a renewal
-/// that ran before the commit would not see the rows and would drop the token).
-fn hold(store: &PgStore, claimed: &[OutboxMessage], token: Option<i64>) {
+/// that ran before the commit would not see the rows and would drop them), as live from
+/// `began`, when the claim's transaction began.
+fn hold(store: &PgStore, claimed: &[OutboxMessage], token: Option<i64>, began: Instant) {
     if let Some(token) = token {
         let keys = claimed.iter().map(|m| m.key.clone());
-        store
-            .leases
-            .hold_messages(keys, token, tokio::time::Instant::now());
+        store.leases.hold_messages(keys, token, began);
     }
 }
 

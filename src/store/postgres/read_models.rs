@@ -120,8 +120,8 @@ impl PgStore {
             "SELECT LEAST(
                (SELECT MIN(m.next_attempt_at) FROM messages m JOIN workflows w ON w.id = m.workflow_id
                 WHERE m.status = 'pending' AND NOT w.paused),
-               (SELECT MIN(m.lease_expires_at) FROM messages m JOIN workflows w ON w.id = m.workflow_id
-                WHERE m.status = 'sending' AND m.claimed_by <> $1 AND NOT w.paused))",
+               (SELECT MIN(COALESCE(m.lease_expires_at, 0)) FROM messages m JOIN workflows w ON w.id = m.workflow_id
+                WHERE m.status = 'sending' AND m.claimed_by IS DISTINCT FROM $1 AND NOT w.paused))",
         )
         .bind(&self.leases.runner)
         .fetch_one(&self.pool)
@@ -146,9 +146,9 @@ impl PgStore {
                 WHERE m.status = 'pending' AND m.channel = $1 AND m.next_attempt_at IS NOT NULL
                   AND NOT w.paused
                 ORDER BY m.next_attempt_at LIMIT 1),
-               (SELECT m.lease_expires_at FROM messages m JOIN workflows w ON w.id = m.workflow_id
-                WHERE m.status = 'sending' AND m.channel = $1 AND m.claimed_by <> $2 AND NOT w.paused
-                ORDER BY m.lease_expires_at LIMIT 1))",
+               (SELECT COALESCE(m.lease_expires_at, 0) FROM messages m JOIN workflows w ON w.id = m.workflow_id
+                WHERE m.status = 'sending' AND m.channel = $1 AND m.claimed_by IS DISTINCT FROM $2 AND NOT w.paused
+                ORDER BY m.lease_expires_at NULLS FIRST LIMIT 1))",
         )
         .bind(channel)
         .bind(&self.leases.runner)
