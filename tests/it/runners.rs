@@ -567,3 +567,50 @@ async fn an_erased_customers_pending_events_never_hide_the_others_from_the_claim
     let whose: Vec<&str> = pending.iter().map(|e| e.customer_id.as_str()).collect();
     assert_eq!(whose, ["bob"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_leases_its_pages_and_passes_over_a_customer_another_runner_holds() {
+    use trellis::store::{JourneyStore, JourneyTx, Store};
+
+    let (db, _schema) = trellis::store::testing::temp_postgres_url().await;
+    let (a, b) = (
+        Store::open(&db, Default::default()).await.unwrap(),
+        Store::open(&db, Default::default()).await.unwrap(),
+    );
+    let now: jiff::Timestamp = "2026-03-02T08:00:00Z".parse().unwrap();
+    let mut tx = a.begin().await.unwrap();
+    for id in ["ada", "bob", "cy"] {
+        let id = trellis::model::CustomerId::parse(id).unwrap();
+        tx.put_customer(&trellis::model::Customer::minimal(id), now)
+            .await
+            .unwrap();
+    }
+    let ping = trellis::model::Event {
+        id: None,
+        name: "ping".into(),
+        timestamp: now,
+        properties: Default::default(),
+    };
+    tx.insert_event(
+        &trellis::model::CustomerId::parse("bob").unwrap(),
+        &ping,
+        now,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // A works on bob; B's sweep pages over everyone else, leasing them.
+    let mut tx = a.begin().await.unwrap();
+    assert_eq!(tx.pending_events(10).await.unwrap().len(), 1);
+    tx.end_unwritten().await.unwrap();
+    let page = JourneyStore::customer_ids_after(&b, None, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page.iter().map(|c| c.as_str()).collect();
+    assert_eq!(ids, ["ada", "cy"], "bob is A's until A is done with him");
+    // Those two are B's now: A's next claim does not get them.
+    let mut tx = a.begin().await.unwrap();
+    let again = tx.pending_events(10).await.unwrap();
+    tx.end_unwritten().await.unwrap();
+    assert!(again.iter().all(|e| e.customer_id.as_str() == "bob"));
+}

@@ -259,3 +259,43 @@ pub(crate) async fn lead(
     .await?;
     Ok(row.is_some())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_renewal_that_no_longer_finds_a_key_ours_stops_it_being_started() {
+        // A lazy pool opens no connection: the bookkeeping alone is under test.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let leases = Leases::new("r1".into(), Duration::from_secs(30), pool);
+        let now = Instant::now();
+        leases.hold_messages(["k1".to_owned(), "k2".to_owned()].into_iter(), 5, now);
+        assert!(leases.still_claimed("k1") && leases.still_claimed("k2"));
+        // Another runner took k2 over (its row carries the other's token now): the renewal
+        // of claim 5 returns k1 only. k2 must not be started here, though claim 5 lives on.
+        let (asked, _) = leases.outbox_claims();
+        leases.renewed(&asked, &["k1".to_owned()], now);
+        assert!(leases.still_claimed("k1"));
+        assert!(
+            !leases.still_claimed("k2"),
+            "a key taken over is not ours to send"
+        );
+        assert_eq!(leases.message_tokens(&["k1", "k2"]), [Some(5), None]);
+    }
+
+    #[tokio::test]
+    async fn a_claim_not_renewed_for_two_thirds_of_a_lease_is_not_started() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let leases = Leases::new("r1".into(), Duration::from_millis(300), pool);
+        leases.hold_messages(std::iter::once("k".to_owned()), 7, Instant::now());
+        assert!(leases.still_claimed("k"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(!leases.still_claimed("k"));
+        assert!(!leases.still_claimed("unknown"));
+    }
+}
